@@ -1,0 +1,292 @@
+"""The configuration schema: frozen dataclasses, overridden by YAML files and ``--set key=value``.
+
+The dataclasses are the schema. A YAML file (``configs/<name>.yaml``) only overrides fields, and a
+``--set model.latent_dim=32`` overrides them once more, type-checked. An unknown key fails with a
+close-match hint. Nothing in a config is ever evaluated as code.
+
+Network architectures are *layer tables*: each row is one line of the paper's Appendix A tables
+(Dumoulin et al. 2017, tables 3-6), ``[op, kernel, stride, channels, batch_norm, dropout, activation]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alitool.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+if not CONFIG_DIR.is_dir():  # editable install / source checkout: configs/ sits next to alitool/
+    CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+LAYER_OPS = ("conv", "deconv", "linear")
+ACTIVATIONS = ("lrelu", "relu", "linear", "sigmoid", "maxout", "tanh")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One row of a paper architecture table.
+
+    ``channels`` is the layer's output width *before* maxout: a maxout activation with ``pieces`` pieces
+    divides it (PAPER_NOTES: the CIFAR10 table lists pre-maxout widths). ``dropout`` is applied to the
+    layer's *input*, as in the official code.
+    """
+
+    op: str
+    kernel: int
+    stride: int
+    channels: int
+    batch_norm: bool = False
+    dropout: float = 0.0
+    activation: str = "lrelu"
+
+    @staticmethod
+    def from_row(row: Any, where: str) -> Layer:
+        if isinstance(row, Layer):
+            return row
+        if isinstance(row, dict):
+            row = [row.get(f.name, f.default) for f in fields(Layer)]
+        if not isinstance(row, (list, tuple)) or not 4 <= len(row) <= 7:
+            raise UserError(
+                f"{where}: a layer row is [op, kernel, stride, channels, batch_norm, dropout, activation], got {row!r}"
+            )
+        layer = Layer(*row)
+        if layer.op not in LAYER_OPS:
+            raise UserError(f"{where}: unknown layer op {layer.op!r}; expected one of {', '.join(LAYER_OPS)}")
+        if layer.activation not in ACTIVATIONS:
+            raise UserError(
+                f"{where}: unknown activation {layer.activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+            )
+        return layer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder G_z(x), decoder G_x(z) and discriminator D(x, z) (paper section 2, Appendix A)."""
+
+    latent_dim: int = 16
+    leaky_slope: float = 0.01
+    maxout_pieces: int = 2
+    # The encoder's last layer outputs 2 * latent_dim channels = (mu, log_sigma) and z is sampled with the
+    # reparametrisation trick (paper section 3). "deterministic" makes it output mu only (BiGAN).
+    encoder_output: str = "gaussian"
+    batch_norm_momentum: float = 0.05  # official code
+    init_std: float = 0.01  # N(0, 0.01) weights, zero biases (official code)
+    encoder: tuple[Layer, ...] = ()
+    decoder: tuple[Layer, ...] = ()
+    disc_x: tuple[Layer, ...] = ()
+    disc_z: tuple[Layer, ...] = ()
+    disc_xz: tuple[Layer, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    image_size: int = 8
+    channels: int = 1
+    data_dir: str = ""  # empty: the dataset's default location
+    # Number of training images used to initialise the decoder's output bias to the log-odds of the mean
+    # pixel (official code); 0 disables it.
+    bias_init_images: int = 10000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999  # the paper's "1e-3" is Blocks' 1 - beta2 (PAPER_NOTES)
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int = 0  # 0: no limit (stop after `epochs`)
+    checkpoint_every_steps: int = 0  # 0: once per epoch (and at the end) ...
+    checkpoint_every_minutes: float = 5.0  # ... and at least this often, so a kill loses little work
+    sample_grid: int = 64  # images in each epoch's sample / reconstruction grid
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "digits"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building a Config from nested dicts, with type checks and close-match hints.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where that is lossless (int -> float)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key!r} is a section; expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple and typing.get_args(tp)[:1] == (Layer,):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r} is a layer table; expected a list of rows, got {value!r}")
+        return tuple(Layer.from_row(row, f"{key}[{i}]") for i, row in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except UserError:
+                continue
+        raise UserError(f"config key {key!r} expects {tp}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError(f"config key {key!r} expects null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise UserError(f"config key {key!r} expects {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in names]))
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain dicts and lists (layer rows as lists), ready for YAML or JSON."""
+    if isinstance(cfg, Layer):
+        return [getattr(cfg, f.name) for f in fields(Layer)]
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(values: dict) -> Config:
+    return _build(Config, values)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading: a config name or a YAML path, then --set overrides.
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        return path
+    stem = name_or_path.replace("-", "_")
+    candidate = CONFIG_DIR / f"{stem}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = available_configs()
+    close = difflib.get_close_matches(stem, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(f"unknown config {name_or_path!r}: {hint}available: {', '.join(known)} (or a path to a .yaml)")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path}: cannot read config: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a config file must be a mapping at the top level")
+    return values
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=2e-4"`` -> (["train", "lr"], 0.0002). The value is read as a YAML scalar, never as code."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected key=value, e.g. --set train.lr=2e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(raw):  # YAML 1.1 reads "2e-4" as a string
+        value = float(raw)
+    return key.strip().split("."), value
+
+
+def _looks_like_float(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        patch: Any = value
+        for key in reversed(keys):
+            patch = {key: patch}
+        values = _deep_merge(values, patch)
+    return values
+
+
+def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    path = resolve_config_path(name_or_path)
+    values = read_yaml(path)
+    values.setdefault("name", path.stem.replace("_", "-"))
+    return from_dict(apply_overrides(values, list(overrides)))
+
+
+def with_train(cfg: Config, **changes: Any) -> Config:
+    """Return ``cfg`` with train fields replaced (CLI flags such as --epochs)."""
+    return replace(cfg, train=replace(cfg.train, **changes))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=120)

@@ -1,0 +1,274 @@
+"""ALI's three networks, built from the paper's layer tables (Dumoulin et al. 2017, section 2 and Appendix A).
+
+- ``Encoder``  G_z(x): x -> (mu, log_sigma); z_hat = mu + exp(log_sigma) * eps (section 3, reparametrisation).
+- ``Decoder``  G_x(z): z -> x_tilde in [0, 1] (sigmoid output with a per-pixel bias, official code).
+- ``Discriminator`` D(x, z): D(x) and D(z) stacks, concatenated along channels, then D(x, z) -> one logit.
+
+Every network is a ``LayerStack``: one torch module per table row, so the architecture printed by
+``print(model)`` reads like the paper's table. Conv tables use NCHW tensors and treat z as a 1x1 image;
+linear tables (the 2-D toy experiment) use flat tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+
+from alitool.config import Config, Layer, ModelConfig
+from alitool.errors import UserError
+
+
+def data_shape(cfg: Config) -> tuple[int, ...]:
+    """(C, H, W) for images, (D,) for vector data such as the 2-D mixture (image_size 0)."""
+    if cfg.data.image_size > 0:
+        return (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    return (cfg.data.channels,)
+
+
+class Maxout(nn.Module):
+    """Max over ``pieces`` consecutive channels (Goodfellow et al. 2013): C channels in, C / pieces out."""
+
+    def __init__(self, pieces: int):
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c = x.shape[:2]
+        return x.reshape(n, c // self.pieces, self.pieces, *x.shape[2:]).amax(dim=2)
+
+
+class TableRow(nn.Sequential):
+    """One row of a paper table: [dropout on the input] -> conv/deconv/linear -> [batch norm] -> activation."""
+
+    def __init__(self, layer: Layer, in_width: int, model: ModelConfig, bias: bool | None = None):
+        parts: dict[str, nn.Module] = {}
+        if layer.dropout > 0:
+            parts["dropout"] = nn.Dropout(layer.dropout)
+        # Layers followed by batch norm carry no bias (official code): BN's shift replaces it.
+        use_bias = (not layer.batch_norm) if bias is None else bias
+        if layer.op == "conv":
+            parts["conv"] = nn.Conv2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
+        elif layer.op == "deconv":
+            parts["deconv"] = nn.ConvTranspose2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
+        else:
+            parts["linear"] = nn.Linear(in_width, layer.channels, bias=use_bias)
+        if layer.batch_norm:
+            norm = nn.BatchNorm2d if layer.op != "linear" else nn.BatchNorm1d
+            parts["bn"] = norm(layer.channels, momentum=model.batch_norm_momentum)
+        act = _activation(layer.activation, model)
+        if act is not None:
+            parts["act"] = act
+        super().__init__(OrderedDict(parts))
+        self.out_width = layer.channels // (model.maxout_pieces if layer.activation == "maxout" else 1)
+
+
+def _activation(name: str, model: ModelConfig) -> nn.Module | None:
+    if name == "lrelu":
+        return nn.LeakyReLU(model.leaky_slope)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "maxout":
+        return Maxout(model.maxout_pieces)
+    return None  # "linear"; "sigmoid" outputs are applied by the owner (logits are what the losses need)
+
+
+class LayerStack(nn.Module):
+    """A layer table as modules. Flattens its input before the first linear row of a conv input."""
+
+    def __init__(self, table: tuple[Layer, ...], in_width: int, model: ModelConfig, last_bias: bool | None = None):
+        super().__init__()
+        rows = []
+        for i, layer in enumerate(table):
+            bias = last_bias if i == len(table) - 1 else None
+            row = TableRow(layer, in_width, model, bias=bias)
+            rows.append(row)
+            in_width = row.out_width
+        self.rows = nn.ModuleList(rows)
+        self.out_width = in_width
+
+    def forward(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
+        for row in self.rows:
+            if "linear" in row._modules and x.dim() > 2:
+                x = x.flatten(1)
+            x = row(x)
+            if taps is not None:
+                taps.append(x)
+        return x
+
+
+def _spatial_size(table: tuple[Layer, ...], size: int) -> int:
+    """Feature-map side after the table (no padding anywhere, as in the paper's tables)."""
+    for layer in table:
+        if layer.op == "conv":
+            size = (size - layer.kernel) // layer.stride + 1
+        elif layer.op == "deconv":
+            size = (size - 1) * layer.stride + layer.kernel
+        else:
+            size = 1
+        if size < 1:
+            raise UserError(f"layer {layer} shrinks the feature map below 1x1")
+    return size
+
+
+def _is_conv(table: tuple[Layer, ...]) -> bool:
+    return any(layer.op != "linear" for layer in table)
+
+
+class Encoder(nn.Module):
+    """G_z(x) (paper section 2). The last row outputs (mu, log_sigma), 2 * latent_dim channels."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m = cfg.model
+        self.latent_dim = m.latent_dim
+        self.stochastic = m.encoder_output == "gaussian"
+        shape = data_shape(cfg)
+        in_width = shape[0] if _is_conv(m.encoder) else math.prod(shape)
+        self.stack = LayerStack(m.encoder, in_width, m, last_bias=True)
+        expected = m.latent_dim * (2 if self.stochastic else 1)
+        if self.stack.out_width != expected:
+            raise UserError(
+                f"encoder table ends with {self.stack.out_width} channels; expected {expected} "
+                f"({'2 x ' if self.stochastic else ''}latent_dim {m.latent_dim})"
+            )
+        if len(shape) == 3 and _is_conv(m.encoder) and _spatial_size(m.encoder, shape[1]) != 1:
+            side = _spatial_size(m.encoder, shape[1])
+            raise UserError(f"encoder table maps {shape[1]}x{shape[1]} images to {side}x{side}; expected 1x1")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(mu, log_sigma), each [N, latent_dim]; log_sigma is None for a deterministic encoder."""
+        out = self.stack(x).flatten(1)
+        if not self.stochastic:
+            return out, None
+        mu, log_sigma = out.chunk(2, dim=1)
+        return mu, log_sigma
+
+    def sample(self, x: Tensor) -> Tensor:
+        """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation)."""
+        mu, log_sigma = self(x)
+        if log_sigma is None:
+            return mu
+        return mu + log_sigma.exp() * torch.randn_like(mu)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The paper's L2-SVM feature vector (section 4.3): the encoder output (mu and log_sigma) concatenated
+        with its last three hidden layers, each flattened. Its width is ``feature_dim``."""
+        taps: list[Tensor] = []
+        self.stack(x, taps)
+        return torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
+
+
+class Decoder(nn.Module):
+    """G_x(z) (paper section 2): z -> x_tilde in [0, 1].
+
+    The output layer has no bias of its own; a per-pixel bias is added to the logits instead, initialised to
+    the log-odds of the mean training image (official code; it starts training from the mean image).
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m = cfg.model
+        self.latent_dim = m.latent_dim
+        self.shape = data_shape(cfg)
+        self.conv = _is_conv(m.decoder)
+        self.sigmoid_output = m.decoder[-1].activation == "sigmoid"
+        self.stack = LayerStack(m.decoder, m.latent_dim, m, last_bias=not self.sigmoid_output)
+        out = self.stack.out_width
+        expected = self.shape[0] if self.conv else math.prod(self.shape)
+        if out != expected:
+            raise UserError(f"decoder table ends with {out} channels; expected {expected}")
+        if self.conv and len(self.shape) == 3 and _spatial_size(m.decoder, 1) != self.shape[1]:
+            side = _spatial_size(m.decoder, 1)
+            raise UserError(f"decoder table makes {side}x{side} images; the data is {self.shape[1]}x{self.shape[1]}")
+        self.output_bias = nn.Parameter(torch.zeros(self.shape)) if self.sigmoid_output else None
+
+    def logits(self, z: Tensor) -> Tensor:
+        h = self.stack(z[:, :, None, None] if self.conv else z)
+        h = h.reshape(h.shape[0], *self.shape)
+        return h + self.output_bias if self.output_bias is not None else h
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.logits(z)
+        return torch.sigmoid(h) if self.sigmoid_output else h
+
+    @torch.no_grad()
+    def init_output_bias(self, mean_image: Tensor) -> None:
+        """Set the per-pixel bias to logit(mean training image), clamped away from 0 and 1."""
+        if self.output_bias is not None:
+            p = mean_image.reshape(self.shape).clamp(1e-3, 1 - 1e-3)
+            self.output_bias.copy_(torch.log(p) - torch.log1p(-p))
+
+
+class Discriminator(nn.Module):
+    """D(x, z) (paper section 2, Appendix A): D(x) and D(z) stacks, concatenated, then D(x, z).
+
+    Returns logits, not probabilities: the tables say "sigmoid", but the official code feeds logits to
+    softplus losses, which is the numerically stable form of the same objective. An empty D(x) or D(z)
+    table passes its input through (the 2-D experiment concatenates x and z directly).
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m = cfg.model
+        shape = data_shape(cfg)
+        x_width = shape[0] if _is_conv(m.disc_x) else math.prod(shape)
+        self.x_stack = LayerStack(m.disc_x, x_width, m)
+        self.z_stack = LayerStack(m.disc_z, m.latent_dim, m)
+        self.conv = _is_conv(m.disc_x) or _is_conv(m.disc_z) or _is_conv(m.disc_xz)
+        joint_width = self.x_stack.out_width + self.z_stack.out_width
+        self.xz_stack = LayerStack(m.disc_xz, joint_width, m, last_bias=True)
+        self.out_width = self.xz_stack.out_width
+        if len(shape) == 3 and _is_conv(m.disc_x) and _spatial_size(m.disc_x, shape[1]) != 1:
+            side = _spatial_size(m.disc_x, shape[1])
+            raise UserError(f"D(x) table maps {shape[1]}x{shape[1]} images to {side}x{side}; expected 1x1")
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """Logits: [N] for the ALI game, [N, K+1] for a multi-logit head."""
+        hx = self.x_stack(x)
+        hz = self.z_stack(z[:, :, None, None] if self.conv else z)
+        if self.conv:
+            hx = hx.reshape(hx.shape[0], -1, 1, 1)
+            hz = hz.reshape(hz.shape[0], -1, 1, 1)
+        else:
+            hx, hz = hx.flatten(1), hz.flatten(1)
+        out = self.xz_stack(torch.cat([hx, hz], dim=1)).flatten(1)
+        return out.squeeze(1) if out.shape[1] == 1 else out
+
+
+class ALI(nn.Module):
+    """The three networks together, so that one state dict and one ``.to(device)`` cover them."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.discriminator = Discriminator(cfg)
+        init_weights(self, cfg.model.init_std)
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """G_z and G_x: the players that minimise the generator loss (paper Eq. 4)."""
+        return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """N(0, std) weights and zero biases (official code); batch norm starts as the identity."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def feature_dim(cfg: Config) -> int:
+    """Width of ``Encoder.features`` for this config (documented per config in the README)."""
+    enc = Encoder(cfg).eval()
+    with torch.no_grad():
+        return enc.features(torch.zeros(2, *data_shape(cfg))).shape[1]

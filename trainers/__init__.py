@@ -1,0 +1,1 @@
+"""Trainers (``import alitool.trainers``): the ALI game and one shared training loop."""

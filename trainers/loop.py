@@ -1,0 +1,226 @@
+"""The one training loop, shared by every game (ALI, and the baselines that build on it).
+
+A *game* owns its networks and optimizers and exposes ``modules()``, ``optimizers()``, ``init_from_data()``,
+``step(x) -> metrics``, ``sample(z)``, ``reconstruct(x)`` and ``train(mode)``. The loop does the rest:
+seeding, batching, progress bar, NaN/inf guard, atomic checkpoints, resume, metrics.csv, figures.
+
+Resume is exact in position: the batch order of an epoch is a function of (seed, epoch), so a resumed run
+skips the batches the checkpoint had already done and continues with the same step counter, optimizer
+state and random-number state.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from alitool.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from alitool.config import Config, dump_yaml
+from alitool.data import ArrayDataset, iterate_batches, load_dataset
+from alitool.errors import TrainingDiverged, UserError
+from alitool.runs import CHECKPOINT
+from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
+
+METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@dataclass
+class Position:
+    """Where training stands: ``batch`` batches of epoch ``epoch`` are done, ``step`` in total."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def _default_game(cfg: Config, device: torch.device):
+    from alitool.trainers.ali import ALIGame
+
+    return ALIGame(cfg, device)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, data_dir: str = "",
+                 game_factory: Callable | None = None, log: Callable[[str], None] | None = None,
+                 train_data: ArrayDataset | None = None, eval_data: ArrayDataset | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.device = pick_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.train_data = train_data or load_dataset(cfg, "train", data_dir)
+        self.eval_data = eval_data or self._eval_split(data_dir)
+        self.steps_per_epoch = len(self.train_data) // cfg.train.batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(
+                f"the {cfg.data.name} training split has {len(self.train_data)} examples, fewer than one batch of "
+                f"{cfg.train.batch_size}; lower --batch-size"
+            )
+        self.game = (game_factory or _default_game)(cfg, self.device)
+        self.pos = Position()
+        self.metrics: list[dict[str, float]] = []
+        gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        n_grid = cfg.train.sample_grid
+        self.fixed_z = torch.randn(n_grid, cfg.model.latent_dim, generator=gen)
+        self.fixed_x = self.eval_data.float_batch(slice(0, min(n_grid // 2, len(self.eval_data))))
+
+    def _eval_split(self, data_dir: str) -> ArrayDataset:
+        for split in ("val", "test"):
+            try:
+                return load_dataset(self.cfg, split, data_dir)
+            except UserError:
+                continue
+        return self.train_data
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    # -- starting ---------------------------------------------------------------------------------------
+    def start_fresh(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.game.init_from_data(self.train_data.mean_image(self.cfg.data.bias_init_images))
+        atomic_write_bytes(self.run_dir / "config.yaml", lambda f: f.write(dump_yaml(self.cfg).encode()))
+
+    def resume(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        for name, module in self.game.modules().items():
+            module.load_state_dict(payload["models"][name])
+        for name, opt in self.game.optimizers().items():
+            opt.load_state_dict(payload["optimizers"][name])
+        extra = payload["extra"]
+        self.pos = Position(payload["step"], payload["epoch"], int(extra.get("batch", 0)))
+        self.metrics = [dict(row) for row in extra.get("metrics", [])]
+        if "torch_rng" in extra:
+            torch.set_rng_state(extra["torch_rng"])
+        self.log(f"resumed {self.checkpoint_path} at step {self.pos.step} (epoch {self.pos.epoch + 1}, "
+                 f"batch {self.pos.batch}/{self.steps_per_epoch})")
+
+    # -- saving -----------------------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the checkpoint, but only if every parameter is finite: a bad state never replaces a good one."""
+        for name, module in self.game.modules().items():
+            for pname, p in module.named_parameters():
+                if not torch.isfinite(p).all():
+                    raise TrainingDiverged(
+                        f"step {self.pos.step}: parameter {name}.{pname} is not finite; kept the last good "
+                        f"checkpoint {self.checkpoint_path}"
+                    )
+        save_checkpoint(
+            self.checkpoint_path, cfg=self.cfg, models=self.game.modules(), optimizers=self.game.optimizers(),
+            step=self.pos.step, epoch=self.pos.epoch,
+            extra={"batch": self.pos.batch, "metrics": self.metrics, "torch_rng": torch.get_rng_state(),
+                   "game": self.game.name},
+        )
+
+    def write_figures(self, epoch_label: str) -> float:
+        """Samples and reconstructions for this epoch; returns the reconstruction MSE on the fixed batch."""
+        self.game.train(False)
+        samples = self.game.sample(self.fixed_z).cpu()
+        recon = self.game.reconstruct(self.fixed_x).cpu()
+        self.game.train(True)
+        if samples.dim() == 4:  # images; vector data (2-D toy) draws its own figures
+            save_grid(self.run_dir / "samples" / f"epoch_{epoch_label}.png", samples)
+            save_reconstruction_grid(self.run_dir / "reconstructions" / f"epoch_{epoch_label}.png", self.fixed_x, recon)
+        return float(((recon - self.fixed_x) ** 2).mean())
+
+    def write_metrics(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.metrics)
+        atomic_write_bytes(self.run_dir / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
+        save_loss_plot(self.run_dir / "losses.png", self.metrics)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def fit(self) -> Position:
+        t = self.cfg.train
+        total = t.epochs * self.steps_per_epoch
+        if t.max_steps:
+            total = min(total, t.max_steps)
+        if self.pos.step >= total:
+            self.log(f"nothing to do: step {self.pos.step} already reached the target of {total} steps")
+            return self.pos
+        self.game.train(True)
+        bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
+                   dynamic_ncols=True, disable=None, file=sys.stderr)
+        last_save = time.monotonic()
+        try:
+            while self.pos.step < total:
+                sums: dict[str, float] = {}
+                n_steps, images, started = 0, 0, time.perf_counter()
+                batches = iterate_batches(len(self.train_data), t.batch_size, t.seed, self.pos.epoch, self.pos.batch)
+                for index in batches:
+                    x = self.train_data.float_batch(index).to(self.device, non_blocking=True)
+                    values = {k: float(v) for k, v in self.game.step(x).items()}
+                    bad = [k for k, v in values.items() if not math.isfinite(v)]
+                    if bad:
+                        raise TrainingDiverged(
+                            f"step {self.pos.step + 1}: {bad[0]} became {values[bad[0]]}; kept the last good "
+                            f"checkpoint {self.checkpoint_path} (try a lower learning rate: --set train.lr=...)"
+                        )
+                    self.pos.step += 1
+                    self.pos.batch += 1
+                    n_steps += 1
+                    images += len(index)
+                    for k, v in values.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    rate = images / max(time.perf_counter() - started, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}",
+                                    img_s=f"{rate:.0f}", refresh=False)
+                    if self.pos.step >= total:
+                        break
+                    if (t.checkpoint_every_steps and self.pos.step % t.checkpoint_every_steps == 0) or \
+                            time.monotonic() - last_save > t.checkpoint_every_minutes * 60:
+                        self.save()
+                        last_save = time.monotonic()
+                epoch_done = self.pos.batch >= self.steps_per_epoch
+                self._end_epoch(sums, n_steps, images, time.perf_counter() - started, partial=not epoch_done)
+                if epoch_done:
+                    self.pos.epoch += 1
+                    self.pos.batch = 0
+                self.save()
+                last_save = time.monotonic()
+        finally:
+            bar.close()
+        return self.pos
+
+    def _end_epoch(self, sums: dict[str, float], n_steps: int, images: int, seconds: float, partial: bool) -> None:
+        if n_steps == 0:
+            return
+        label = f"{self.pos.epoch + 1:03d}"
+        row: dict[str, float] = {"epoch": self.pos.epoch + (self.pos.batch / self.steps_per_epoch if partial else 1),
+                                 "step": self.pos.step}
+        row.update({k: v / n_steps for k, v in sums.items()})
+        row["recon_mse"] = self.write_figures(label)
+        row["images_per_s"] = images / max(seconds, 1e-9)
+        row["seconds"] = seconds
+        self.metrics = [m for m in self.metrics if m["epoch"] < row["epoch"]] + [row]
+        self.write_metrics()
+        self.log(f"epoch {row['epoch']:.2f} step {self.pos.step}: loss_d {row['loss_d']:.3f} "
+                 f"loss_g {row['loss_g']:.3f} recon_mse {row['recon_mse']:.4f} "
+                 f"({row['images_per_s']:.0f} img/s, {seconds:.1f} s)")
