@@ -1,0 +1,105 @@
+"""One inference interface over PyTorch checkpoints, ONNX Runtime and TensorRT engines.
+
+``load_backend(path)`` returns an object with
+- ``meta``: a ``ModelMeta`` (image size, channels, value range, latent dim, config, provenance),
+- ``encode(images, kind="mean")``: float32 [N, C, H, W] in the model's value range -> float32 [N, D]
+  (kind "mean": the posterior mean z_mean; "z": a sample of q(z|x); "paper": the section 4.3 SVM features),
+- ``decode(z)``: float32 [N, latent_dim] -> float32 images [N, C, H, W].
+Inputs and outputs are NumPy arrays so that callers never need torch for ONNX / TensorRT models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from alitool.errors import UserError
+
+FEATURE_KINDS = ("mean", "z", "paper")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything a user would otherwise retype: carried inside every exported artifact."""
+
+    name: str
+    image_size: int  # 0 for vector data (2-D toy experiment)
+    channels: int
+    latent_dim: int
+    feature_dim: int
+    value_range: tuple[float, float] = (0.0, 1.0)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
+    version: str = ""
+    source_sha256: str = ""
+    has_encoder: bool = True
+    has_decoder: bool = True
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.channels, self.image_size, self.image_size) if self.image_size else (self.channels,)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> ModelMeta:
+        values = json.loads(text)
+        values["value_range"] = tuple(values.get("value_range", (0.0, 1.0)))
+        return ModelMeta(**values)
+
+
+class Backend(Protocol):
+    meta: ModelMeta
+    name: str
+
+    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray: ...
+
+    def decode(self, z: np.ndarray) -> np.ndarray: ...
+
+
+def check_kind(kind: str) -> None:
+    if kind not in FEATURE_KINDS:
+        raise UserError(f"unknown feature kind {kind!r}; expected one of {', '.join(FEATURE_KINDS)}")
+
+
+def load_backend(path: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0) -> Backend:
+    """Open ``path`` (a run folder, checkpoint .pt, .onnx file or export folder, or TensorRT .engine) with the
+    matching backend, or with ``backend`` ("torch", "onnxruntime", "tensorrt") when given."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such model file or folder")
+    kind = backend if backend != "auto" else _guess_backend(path)
+    if kind == "torch":
+        from alitool.backends.torch_backend import TorchBackend
+
+        return TorchBackend(path, device=device)
+    if kind == "onnxruntime":
+        from alitool.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(path, device=device, threads=threads)
+    if kind == "tensorrt":
+        from alitool.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
+    raise UserError(f"unknown backend {backend!r}; expected auto, torch, onnxruntime or tensorrt")
+
+
+def _guess_backend(path: Path) -> str:
+    if path.is_dir():
+        if (path / "export").is_dir() and any((path / "export").glob("*.onnx")):
+            return "onnxruntime"
+        if any(path.glob("*.onnx")):
+            return "onnxruntime"
+        return "torch"
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "torch"
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    raise UserError(f"{path}: not a model file alitool knows (.pt checkpoint, .onnx, .engine, or a run folder)")
