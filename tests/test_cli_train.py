@@ -1,0 +1,53 @@
+"""`alitool train` end to end, as a user runs it: a real subprocess in a fresh folder."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from alitool.checkpoint import load_checkpoint
+
+
+def alitool(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "alitool.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_train_digits_max_steps_5_end_to_end(tmp_path):
+    result = alitool("train", "digits", "--max-steps", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / "digits"
+    assert "run folder: runs/digits" in result.stderr
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
+    assert (run / "samples" / "epoch_001.png").is_file() and (run / "config.yaml").is_file()
+    assert "samples: runs/digits/samples/epoch_001.png" in result.stdout
+    # a second run goes to runs/digits-2; --resume continues the newest
+    again = alitool("train", "digits", "--max-steps", "2", cwd=tmp_path)
+    assert again.returncode == 0 and (tmp_path / "runs" / "digits-2" / "checkpoint.pt").is_file()
+    resumed = alitool("train", "digits", "--resume", "runs/digits", "--max-steps", "7", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed runs/digits/checkpoint.pt at step 5" in resumed.stderr
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 7
+
+
+def test_bad_input_gives_one_line_and_non_zero_exit(tmp_path):
+    cases = [
+        (["train", "svhm"], "did you mean 'svhn'"),
+        (["train", "digits", "--set", "train.lr=fast"], "expects float"),
+        (["train", "digits", "--set", "trian.lr=1"], "did you mean 'train'"),
+        (["train", "digits", "--resume", "runs/none"], "runs/none/checkpoint.pt: checkpoint not found"),
+    ]
+    for args, message in cases:
+        result = alitool(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_help_has_examples_and_version_reports_runtimes(tmp_path):
+    result = alitool("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "alitool train digits" in result.stdout
+    version = alitool("--version", cwd=tmp_path)
+    assert version.returncode == 0 and "alitool " in version.stdout and "onnxruntime" in version.stdout
+    assert Path(tmp_path).is_dir()
