@@ -1,0 +1,254 @@
+"""`alitool encode | reconstruct | interpolate | sample` end to end through click, on real files and a real
+tiny model: every bad input of issue 5 gives one warning line, is skipped, and is counted; pictures have the
+paper's layout; model files that are not models give one error line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_encode import digit_images, read_index, save_tiny_model, write_digit_files
+from test_sources import _huge_png, _rgb
+
+from alitool.backends import load_backend
+from alitool.cli import main
+
+CELL, PAD = 32, 2  # viz.make_grid enlarges 8x8 images to 32x32 cells with a 2-pixel border
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "checkpoint.pt")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
+    top, left = PAD + row * (CELL + PAD), PAD + col * (CELL + PAD)
+    return grid[top : top + CELL, left : left + CELL, 0].astype(int)
+
+
+def big(image_01: np.ndarray) -> np.ndarray:
+    """An 8x8 image in [0, 1] as make_grid draws it: uint8, enlarged 4x (nearest neighbour)."""
+    tile = (np.clip(image_01, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return tile.repeat(4, axis=0).repeat(4, axis=1).astype(int)
+
+
+def make_bad_inputs(folder):
+    """Every bad input of the issue as a real file, next to good ones; returns (good names, bad names)."""
+    folder.mkdir()
+    digits = digit_images(3)
+    good = ["d0.png", "ünïcødé 名前 with spaces.png", "d2.jpg"]
+    for name, image in zip(good, digits, strict=True):
+        (folder / name).write_bytes(cv2.imencode(os.path.splitext(name)[1], image)[1].tobytes())
+    from PIL import Image
+
+    cv2.imwrite(str(folder / "gray.png"), digits[0])
+    cv2.imwrite(str(folder / "rgba.png"), np.dstack([_rgb(8, 8)] + [np.full((8, 8), 9, np.uint8)]))
+    cv2.imwrite(str(folder / "deep16.png"), digits[1].astype(np.uint16) * 257)
+    Image.fromarray(_rgb(16, 16)).convert("CMYK").save(folder / "cmyk.jpg")
+    good += ["gray.png", "rgba.png", "deep16.png", "cmyk.jpg"]
+    jpeg = cv2.imencode(".jpg", _rgb())[1].tobytes()
+    png = cv2.imencode(".png", _rgb())[1].tobytes()
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (folder / "trunc.png").write_bytes(png[: len(png) // 2])
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "table.xyz").write_text("1,2,3")
+    _huge_png(folder / "huge.png", 20000)
+    os.symlink("loop_b.png", folder / "loop_a.png")
+    os.symlink("loop_a.png", folder / "loop_b.png")
+    (folder / "sub").mkdir()
+    os.symlink("..", folder / "sub" / "cycle")
+    (folder / "corrupt.mp4").write_bytes(os.urandom(3000))
+    cv2.VideoWriter(str(folder / "noframes.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 16)).release()
+    os.mkfifo(folder / "fifo.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.jpg"))
+    sock.close()
+    bad = ["zero.png", "trunc.jpg", "trunc.png", "text.jpg", "table.xyz", "huge.png", "loop_a.png", "loop_b.png",
+           "cycle", "corrupt.mp4", "noframes.avi", "fifo.png", "socket.jpg"]
+    return good, bad
+
+
+def test_encode_skips_each_bad_input_with_one_warning_line(tmp_path, model):
+    good, bad = make_bad_inputs(tmp_path / "in")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "feats.npy"
+    sources = [tmp_path / "in", tmp_path / "empty", tmp_path / "missing.png"]
+    result = run("encode", *sources, "--out", out, "--model", model, "--batch-size", 4)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(bad) + 2 == len(result.stderr.splitlines()) - 1  # + the "model:" line
+    for name in [*bad, "empty", "missing.png"]:
+        assert sum(f"{os.sep}{name}: skipped: " in w for w in warnings) == 1, name
+    assert "Traceback" not in result.output
+    assert f"skipped {len(bad) + 2} inputs" in result.stdout
+    feats, index = np.load(out), read_index(tmp_path / "feats.index.csv")
+    assert feats.shape == (len(good), 4) and len(index) == len(good)
+    assert sorted(os.path.basename(r["source"]) for r in index) == sorted(good)
+
+    strict = run("encode", *sources, "--out", tmp_path / "strict.npy", "--model", model, "--strict")
+    assert strict.exit_code == 1
+    assert "--strict" in strict.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "strict.npy"), feats, rtol=1e-4, atol=1e-6)  # rows written
+
+
+def test_unreadable_file_as_root_without_dac_override(tmp_path):
+    """chmod 000 does not stop root, whose CAP_DAC_OVERRIDE bypasses file modes: drop that capability in a
+    child process (it stays root otherwise), so the kernel really refuses the read."""
+    secret = tmp_path / "secret.png"
+    cv2.imwrite(str(secret), _rgb())
+    cv2.imwrite(str(tmp_path / "fine.png"), _rgb())
+    secret.chmod(0)
+    script = textwrap.dedent(f"""
+        import ctypes, os, sys
+        if os.geteuid() == 0:  # drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from this process
+            class Header(ctypes.Structure):
+                _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+            class Data(ctypes.Structure):
+                _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                            ("inheritable", ctypes.c_uint32)]
+            libc = ctypes.CDLL(None, use_errno=True)
+            header, data = Header(0x20080522, 0), (Data * 2)()
+            assert libc.capget(ctypes.byref(header), data) == 0
+            for field in ("effective", "permitted", "inheritable"):
+                setattr(data[0], field, getattr(data[0], field) & ~0b110)
+            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        try:
+            open({str(secret)!r}, "rb").close()
+            print("STILL-READABLE")
+            sys.exit(0)
+        except PermissionError:
+            pass
+        from alitool.io.images import Preprocess
+        from alitool.io.sources import expand_sources
+        from alitool.pipeline import RunReport, batches, decode_stream
+        pre = Preprocess(8, 1)
+        report = RunReport(warn=print)
+        rows = sum(b.count for b in batches(decode_stream(expand_sources([{str(tmp_path)!r}]), pre), pre, 4,
+                                            on_skip=report.on_skip))
+        print("ROWS", rows)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    if "STILL-READABLE" in done.stdout:
+        pytest.skip("this sandbox lets the process read mode-000 files even without DAC capabilities")
+    assert done.stdout.splitlines() == [f"warning: {secret}: skipped: permission denied", "ROWS 1"]
+
+
+def test_model_files_that_are_not_models(tmp_path):
+    garbage = tmp_path / "model.pt"
+    garbage.write_bytes(os.urandom(2048))
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    fake_onnx = tmp_path / "encoder.onnx"
+    fake_onnx.write_bytes(b"definitely not protobuf" * 10)
+    (tmp_path / "run").mkdir()
+    cv2.imwrite(str(tmp_path / "x.png"), digit_images(1)[0])
+    for bad, expected in ((garbage, "model.pt"), (text, "not a model file alitool knows"),
+                          (tmp_path / "run", "no checkpoint there"), (fake_onnx, "encoder.onnx"),
+                          (tmp_path / "absent.pt", "no such model file")):
+        result = run("encode", tmp_path / "x.png", "--out", tmp_path / "f.npy", "--model", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
+        assert expected in result.stderr and str(bad) in result.stderr
+    assert not (tmp_path / "f.npy").exists()
+
+
+def test_reconstruct_grid_has_originals_and_reconstructions_in_alternating_columns(tmp_path, model):
+    paths, _ = write_digit_files(tmp_path / "d", 5)
+    result = run("reconstruct", tmp_path / "d", "--out", tmp_path / "recon.png", "--model", model)
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(tmp_path / "recon.png"))
+    assert grid.shape == (PAD + CELL + PAD, PAD + 10 * (CELL + PAD), 3)
+    backend = load_backend(model, device="cpu")
+    x = digit_images(5)[:, None].astype(np.float32) / 255
+    recon = backend.decode(backend.encode(x))
+    for i in range(5):
+        assert np.abs(cell(grid, 0, 2 * i) - big(x[i, 0])).max() <= 1
+        assert np.abs(cell(grid, 0, 2 * i + 1) - big(recon[i, 0])).max() <= 1
+
+
+def test_reconstruct_video_is_side_by_side_at_the_strided_rate(tmp_path, model):
+    _, video = write_digit_files(tmp_path / "d", 10)
+    out = tmp_path / "recon.avi"
+    result = run("reconstruct", video, "--out", out, "--model", model, "--stride", 2)
+    assert result.exit_code == 0, result.output
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 5 and cap.get(cv2.CAP_PROP_FPS) == pytest.approx(5.0)
+    height, width = frames[0].shape[:2]
+    assert width > 1.8 * height  # original | reconstruction
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_interpolate_puts_originals_at_both_ends(tmp_path, model):
+    paths, video = write_digit_files(tmp_path / "d", 4)
+    out = tmp_path / "interp.png"
+    result = run("interpolate", paths[0], f"{video}@3", paths[1], paths[2], "--steps", 5, "--out", out,
+                 "--model", model)
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(out))
+    assert grid.shape == (PAD + 2 * (CELL + PAD), PAD + 7 * (CELL + PAD), 3)
+    x = digit_images(4)[:, None].astype(np.float32) / 255
+    backend = load_backend(model, device="cpu")
+    assert np.abs(cell(grid, 0, 0) - big(x[0, 0])).max() <= 1
+    assert np.abs(cell(grid, 0, 6) - big(x[3, 0])).max() <= 1  # frame 3 of the video = digit 3
+    assert np.abs(cell(grid, 1, 6) - big(x[2, 0])).max() <= 1
+    assert np.abs(cell(grid, 0, 1) - big(backend.decode(backend.encode(x[:1]))[0, 0])).max() <= 1
+
+    odd = run("interpolate", paths[0], "--out", out, "--model", model)
+    assert odd.exit_code == 2 and "pairs" in odd.stderr
+    missing = run("interpolate", paths[0], tmp_path / "nope.png", "--out", out, "--model", model)
+    errors = [line for line in missing.stderr.splitlines() if line.startswith("error:")]
+    assert missing.exit_code == 2 and len(errors) == 1 and "nope.png: no such file" in errors[0]
+    past_end = run("interpolate", paths[0], f"{video}@99", "--out", out, "--model", model)
+    assert past_end.exit_code == 2 and "no frame 99" in past_end.stderr
+
+
+def test_sample_is_seeded(tmp_path, model):
+    outs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        result = run("sample", "--n", 10, "--seed", seed, "--out", tmp_path / f"{name}.png", "--model", model)
+        assert result.exit_code == 0, result.output
+        outs[name] = cv2.imread(str(tmp_path / f"{name}.png"))
+    assert outs["a"].shape == (PAD + 3 * (CELL + PAD), PAD + 4 * (CELL + PAD), 3)  # ceil(sqrt(10)) columns
+    assert np.array_equal(outs["a"], outs["b"]) and not np.array_equal(outs["a"], outs["c"])
+    bad = run("sample", "--out", tmp_path / "s.jpg", "--model", model)
+    assert bad.exit_code == 2 and ".png" in bad.stderr
+
+
+def test_default_model_is_the_newest_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cv2.imwrite("x.png", digit_images(1)[0])
+    nothing = run("encode", "x.png", "--out", "f.npy")
+    assert nothing.exit_code == 2 and "no run with a checkpoint.pt under runs" in nothing.stderr
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "new").mkdir()
+    save_tiny_model(tmp_path / "runs" / "new" / "checkpoint.pt", seed=1)
+    save_tiny_model(tmp_path / "runs" / "old" / "checkpoint.pt", seed=2)
+    os.utime(tmp_path / "runs" / "old" / "checkpoint.pt", (1e9, 1e9))
+    result = run("encode", "x.png", "--out", "f.npy")
+    assert result.exit_code == 0, result.output
+    assert f"model: {os.path.join('runs', 'new')} " in result.stderr
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate", "sample"])
+def test_help_has_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output and "--model" in result.output
