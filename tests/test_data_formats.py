@@ -226,6 +226,7 @@ def test_idx_gz_files_load_for_mnist_and_fashion_mnist(tmp_path):
     write_idx_set(tmp_path / "fm", "t10k", 5, 1)
     ds = load_dataset(cfg_for("fashion-mnist"), "train", str(tmp_path / "fm"))
     assert ds.x.shape == (12, 1, 28, 28) and ds.x.dtype == np.uint8
+    assert ds.x.flags.writeable  # torch.from_numpy warns on read-only arrays
     np.testing.assert_array_equal(ds.x[:, 0], images)
     np.testing.assert_array_equal(ds.y, labels)
     assert len(load_dataset(cfg_for("fashion-mnist"), "test", str(tmp_path / "fm"))) == 5
@@ -371,6 +372,7 @@ def test_decode_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path):
     first, kept = load_images(source, names, 8, 3, tag="t", cache_min_images=1)
     cached, _ = load_images(source, names, 8, 3, tag="t", cache_min_images=1)
     assert isinstance(cached, np.memmap) and len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 2
+    assert cached.flags.writeable  # copy-on-write: torch.from_numpy takes it without a warning
     np.testing.assert_array_equal(cached, first)
     cv2.imwrite(str(tmp_path / "3.png"), np.full((10, 10, 3), 250, np.uint8))
     os.utime(tmp_path / "3.png", ns=(1, 1))  # a different mtime even on coarse-clock file systems

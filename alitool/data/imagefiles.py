@@ -7,7 +7,7 @@ decoding). The result is a uint8 [N, C, H, W] array: 200k CelebA images are 2.5 
 Decoding 200k JPEGs takes minutes on 2 cores, so large sets are cached as ``.npy`` under
 ``$ALITOOL_CACHE/decoded/`` (default ``~/.cache/alitool``), keyed by the files' names, sizes and mtimes and the
 output shape: changing the folder, the image size or the channels decodes again. The cache file is written
-atomically and memory-mapped when read.
+atomically and memory-mapped (copy-on-write) when read.
 
 Images can come from a folder or straight from the official zip archive (no unpacking needed); a bad image is
 reported on one warning line and skipped, never fatal.
@@ -181,7 +181,7 @@ def load_images(source: ImageSource, names: Sequence[str], size: int, channels: 
     if images_path.is_file() and kept_path.is_file():
         try:
             kept = np.load(kept_path)
-            images = np.load(images_path, mmap_mode="r")
+            images = np.load(images_path, mmap_mode="c")  # copy-on-write: writable in memory, file untouched
             if images.shape == (len(kept), channels, size, size) and images.dtype == np.uint8:
                 return images, kept
         except (OSError, ValueError):

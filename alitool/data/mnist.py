@@ -51,11 +51,12 @@ def read_idx(path: Path, expect_dims: int) -> np.ndarray:
     """An IDX file (gzipped or not) as a uint8 array of its declared shape; one-line errors otherwise."""
     path = Path(path)
     try:
+        # a bytearray, so that the arrays viewing it are writable (torch.from_numpy warns on read-only ones)
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                raw = f.read()
+                raw = bytearray(f.read())
         else:
-            raw = path.read_bytes()
+            raw = bytearray(path.read_bytes())
     except EOFError:
         raise UserError(f"{path}: truncated gzip file (it ends before its end marker); download it again") from None
     except (gzip.BadGzipFile, zlib.error) as err:
