@@ -412,7 +412,7 @@ def stderr_line(text: str) -> None:
     tqdm.write(text, file=sys.stderr)  # above a progress bar, when there is one
 
 
-def preprocess_for(backend, max_pixels: int | None = None) -> Preprocess:
+def preprocess_for(backend, max_pixels: int | None = None, jpeg_draft: bool = True) -> Preprocess:
     """The model's own input recipe; refuses models that do not take images (the 2-D toy experiment)."""
     meta = backend.meta
     if not meta.image_size:
@@ -420,21 +420,24 @@ def preprocess_for(backend, max_pixels: int | None = None) -> Preprocess:
     if not meta.has_encoder:
         raise UserError(f"model {meta.name!r} has no encoder (a decoder-only export); pass the run folder or "
                         "encoder.onnx")
-    return Preprocess.from_meta(meta) if max_pixels is None else Preprocess.from_meta(meta, max_pixels)
+    if max_pixels is None:
+        return Preprocess.from_meta(meta, jpeg_draft=jpeg_draft)
+    return Preprocess.from_meta(meta, max_pixels, jpeg_draft)
 
 
 def model_batches(backend, sources: Iterable[str], report: RunReport, *, batch_size: int = 64, workers: int = 2,
-                  stride: int = 1, max_pixels: int | None = None, limit: int = 0) -> Iterator[Batch]:
+                  stride: int = 1, max_pixels: int | None = None, limit: int = 0,
+                  jpeg_draft: bool = True) -> Iterator[Batch]:
     """Fixed-size batches of the inputs named by ``sources``, prepared for ``backend``'s model; skipped inputs
     and damaged videos are reported to ``report`` as they pass."""
-    pre = preprocess_for(backend, max_pixels)
+    pre = preprocess_for(backend, max_pixels, jpeg_draft)
     stream = decode_stream(expand_sources(sources, stride), pre, workers)
     yield from batches(stream, pre, batch_size, backend.meta.value_range, report.on_skip, report.on_notice, limit)
 
 
 def encode_to_npy(backend, sources: Iterable[str], out: str | Path, *, kind: str = "mean", batch_size: int = 64,
                   workers: int = 2, stride: int = 1, max_pixels: int | None = None, progress: bool = True,
-                  report: RunReport | None = None) -> RunReport:
+                  report: RunReport | None = None, jpeg_draft: bool = True) -> RunReport:
     """Encode every input named by ``sources`` with ``backend``; write ``out`` (float32 [N, D] .npy) and its
     index CSV atomically. Bad inputs are skipped with one warning line each and listed in the report."""
     from tqdm import tqdm
@@ -450,7 +453,7 @@ def encode_to_npy(backend, sources: Iterable[str], out: str | Path, *, kind: str
     start = time.perf_counter()
     try:
         for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
-                                   stride=stride, max_pixels=max_pixels):
+                                   stride=stride, max_pixels=max_pixels, jpeg_draft=jpeg_draft):
             feats = np.asarray(backend.encode(batch.images, kind=kind))[: batch.count]
             if npy is None:
                 npy = NpyRowWriter(out, feats.shape[1] if feats.ndim == 2 else 0)

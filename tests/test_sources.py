@@ -148,6 +148,9 @@ def test_large_jpeg_reduced_decoding_stays_close_to_full_decoding(tmp_path):
     fast = load_image(tmp_path / "big.jpg", RGB32)  # 1/4-scale DCT decoding, then area resize
     full = prepare(cv2.cvtColor(cv2.imread(str(tmp_path / "big.jpg")), cv2.COLOR_BGR2RGB), RGB32)
     assert np.abs(fast - full).mean() < 2 / 255
+    exact = load_image(tmp_path / "big.jpg", Preprocess(32, 3, jpeg_draft=False))  # --full-jpeg-decode
+    np.testing.assert_array_equal(exact, full)
+    assert not np.array_equal(fast, full)  # the fast path did take the reduced decoding
 
 
 def test_unicode_spaces_and_lists(tmp_path):

@@ -105,7 +105,9 @@ def interruptible(out: Path):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _seed(seed: int | None) -> None:
+def _seed(seed: int | None, backend) -> None:
+    """Make --features z reproducible: torch's generator for checkpoints, the backend's own NumPy generator
+    for ONNX Runtime / TensorRT (which sample eps outside the graph)."""
     if seed is None:
         return
     import numpy as np
@@ -113,6 +115,8 @@ def _seed(seed: int | None) -> None:
 
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if isinstance(getattr(backend, "rng", None), np.random.Generator):
+        backend.rng = np.random.default_rng(seed)
 
 
 def _finish(report, strict: bool, wrote: str) -> None:
@@ -133,11 +137,14 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for --features z.")
 @click.option("--max-megapixels", type=float, default=64.0, show_default=True,
               help="Skip images larger than this (checked from the header, before decoding).")
+@click.option("--full-jpeg-decode", is_flag=True,
+              help="Decode large JPEGs at full size before resizing, exactly as the training datasets do (slower; "
+                   "by default libjpeg decodes them at 1/2-1/8 scale when that leaves 2x the model's size).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @user_errors
 def encode(sources, out, model, backend, device, batch_size, workers, stride, features, seed, max_megapixels,
-           strict, progress) -> None:
+           full_jpeg_decode, strict, progress) -> None:
     """Encode images, folders, globs, .txt path lists and videos to a float32 [N, D] .npy.
 
     Next to OUT goes OUT's name with .index.csv (row, source, frame, time_s): row i of the .npy is row i of
@@ -152,10 +159,11 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, fe
     from alitool.pipeline import encode_to_npy, index_path_for
 
     loaded = open_model(model, backend, device)
-    _seed(seed)
+    _seed(seed, loaded)
     with interruptible(out):
         report = encode_to_npy(loaded, sources, out, kind=features, batch_size=batch_size, workers=workers,
-                               stride=stride, max_pixels=int(max_megapixels * 1e6), progress=progress)
+                               stride=stride, max_pixels=int(max_megapixels * 1e6), progress=progress,
+                               jpeg_draft=not full_jpeg_decode)
     _finish(report, strict, f"{out} [{report.rows}, {report.dim}] and {index_path_for(out)}")
 
 

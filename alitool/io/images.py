@@ -39,13 +39,17 @@ class Preprocess:
     channels: int
     crop: str = "center"  # "center": the central square, resized; "stretch": the whole image, resized
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Decode large JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when that still leaves twice the
+    # model's resolution: several times faster; the training datasets decode at full size (False).
+    jpeg_draft: bool = True
 
     @staticmethod
-    def from_meta(meta, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess:
+    def from_meta(meta, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> Preprocess:
         """The training recipe carried by a model (``alitool.backends.ModelMeta``)."""
         data = meta.config.get("data", {}) if isinstance(meta.config, dict) else {}
         crop = data.get("crop", "center") if isinstance(data, dict) else "center"
-        return Preprocess(meta.image_size, meta.channels, crop if crop in CROP_POLICIES else "center", max_pixels)
+        crop = crop if crop in CROP_POLICIES else "center"
+        return Preprocess(meta.image_size, meta.channels, crop, max_pixels, jpeg_draft)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -147,8 +151,9 @@ def decode_image(data: bytes, pre: Preprocess) -> np.ndarray:
 
     Alpha is dropped (as Pillow's ``convert("RGB")`` does), grayscale is replicated for RGB models, colour
     is converted with ITU-R 601 weights for grayscale models, CMYK JPEGs are converted by libjpeg, and 16-bit
-    PNGs keep their 16 bits. Large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (DCT scaling) when
-    the result still has twice the model's resolution: several times faster, same picture after resizing."""
+    PNGs keep their 16 bits. With ``pre.jpeg_draft``, large JPEGs are decoded at 1/2, 1/4 or 1/8 scale by
+    libjpeg (DCT scaling) when the result still has twice the model's resolution: several times faster, and
+    within about 1/255 of the full decoding once resized (tests/test_sources.py measures it)."""
     import cv2
 
     size = image_dimensions(data)
@@ -163,7 +168,7 @@ def decode_image(data: bytes, pre: Preprocess) -> np.ndarray:
             )
     gray = pre.channels == 1
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    if size is not None and data[:2] == b"\xff\xd8":
+    if pre.jpeg_draft and size is not None and data[:2] == b"\xff\xd8":
         reduce = _jpeg_reduction(min(size), pre.image_size)
         if reduce > 1:
             flags = _REDUCED[(reduce, gray)](cv2)
