@@ -110,6 +110,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: once per epoch (and at the end) ...
     checkpoint_every_minutes: float = 5.0  # ... and at least this often, so a kill loses little work
     sample_grid: int = 64  # images in each epoch's sample / reconstruction grid
+    # Speed switches (benchmarks/train_step.py measures them). "auto": bf16 autocast on CUDA GPUs that support
+    # it, fp32 elsewhere (on CPU, bf16 is a measured opt-in, see benchmarks/RESULTS.md).
+    precision: str = "auto"  # auto | fp32 | bf16
+    channels_last: bool = False  # NHWC memory format for the conv nets
+    compile: bool = False  # torch.compile the three networks
 
 
 @dataclass(frozen=True)

@@ -150,10 +150,7 @@ class Encoder(nn.Module):
 
     def sample(self, x: Tensor) -> Tensor:
         """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation)."""
-        mu, log_sigma = self(x)
-        if log_sigma is None:
-            return mu
-        return mu + log_sigma.exp() * torch.randn_like(mu)
+        return reparametrize(*self(x))
 
     def features(self, x: Tensor) -> Tensor:
         """The paper's L2-SVM feature vector (section 4.3): the encoder output (mu and log_sigma) concatenated
@@ -161,6 +158,14 @@ class Encoder(nn.Module):
         taps: list[Tensor] = []
         self.stack(x, taps)
         return torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
+
+
+def reparametrize(mu: Tensor, log_sigma: Tensor | None) -> Tensor:
+    """z = mu + exp(log_sigma) * eps, eps ~ N(0, I) drawn independently per example and per dimension
+    (paper section 3). A deterministic encoder (log_sigma None) returns mu."""
+    if log_sigma is None:
+        return mu
+    return mu + log_sigma.exp() * torch.randn_like(mu)
 
 
 class Decoder(nn.Module):

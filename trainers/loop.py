@@ -29,6 +29,7 @@ from alitool.config import Config, dump_yaml
 from alitool.data import ArrayDataset, iterate_batches, load_dataset
 from alitool.errors import TrainingDiverged, UserError
 from alitool.runs import CHECKPOINT
+from alitool.trainers.distributed import DistInfo, average_scalars, device_for
 from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
 
 METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds")
@@ -65,11 +66,14 @@ def _default_game(cfg: Config, device: torch.device):
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, data_dir: str = "",
                  game_factory: Callable | None = None, log: Callable[[str], None] | None = None,
-                 train_data: ArrayDataset | None = None, eval_data: ArrayDataset | None = None):
+                 train_data: ArrayDataset | None = None, eval_data: ArrayDataset | None = None,
+                 dist: DistInfo | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
-        self.device = pick_device(cfg.train.device)
+        self.dist = dist or DistInfo()
+        # Only rank 0 talks, draws and writes files; the other processes train silently.
+        self.log = (log or (lambda msg: print(msg, file=sys.stderr))) if self.dist.is_main else (lambda msg: None)
+        self.device = device_for(self.dist, pick_device(cfg.train.device))
         seed_everything(cfg.train.seed)
         self.train_data = train_data or load_dataset(cfg, "train", data_dir)
         self.eval_data = eval_data or self._eval_split(data_dir)
@@ -79,7 +83,14 @@ class Trainer:
                 f"the {cfg.data.name} training split has {len(self.train_data)} examples, fewer than one batch of "
                 f"{cfg.train.batch_size}; lower --batch-size"
             )
+        if cfg.train.batch_size % self.dist.world_size:
+            raise UserError(f"batch size {cfg.train.batch_size} does not split evenly over {self.dist.world_size} "
+                            "processes")
         self.game = (game_factory or _default_game)(cfg, self.device)
+        if self.dist.enabled:
+            self.game.distribute()  # DDP broadcasts rank 0's initial weights to every process
+            if not self.dist.is_main:  # independent z, eps and dropout noise per process
+                torch.manual_seed(cfg.train.seed + 7919 * self.dist.rank)
         self.pos = Position()
         self.metrics: list[dict[str, float]] = []
         gen = torch.Generator().manual_seed(cfg.train.seed + 1)
@@ -103,7 +114,8 @@ class Trainer:
     def start_fresh(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.game.init_from_data(self.train_data.mean_image(self.cfg.data.bias_init_images))
-        atomic_write_bytes(self.run_dir / "config.yaml", lambda f: f.write(dump_yaml(self.cfg).encode()))
+        if self.dist.is_main:
+            atomic_write_bytes(self.run_dir / "config.yaml", lambda f: f.write(dump_yaml(self.cfg).encode()))
 
     def resume(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
@@ -114,14 +126,17 @@ class Trainer:
         extra = payload["extra"]
         self.pos = Position(payload["step"], payload["epoch"], int(extra.get("batch", 0)))
         self.metrics = [dict(row) for row in extra.get("metrics", [])]
-        if "torch_rng" in extra:
+        if "torch_rng" in extra and self.dist.is_main:
             torch.set_rng_state(extra["torch_rng"])
         self.log(f"resumed {self.checkpoint_path} at step {self.pos.step} (epoch {self.pos.epoch + 1}, "
                  f"batch {self.pos.batch}/{self.steps_per_epoch})")
 
     # -- saving -----------------------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the checkpoint, but only if every parameter is finite: a bad state never replaces a good one."""
+        """Write the checkpoint, but only if every parameter is finite: a bad state never replaces a good one.
+        Rank 0 writes it; DDP keeps the weights identical on every process."""
+        if not self.dist.is_main:
+            return
         for name, module in self.game.modules().items():
             for pname, p in module.named_parameters():
                 if not torch.isfinite(p).all():
@@ -166,7 +181,7 @@ class Trainer:
             return self.pos
         self.game.train(True)
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
-                   dynamic_ncols=True, disable=None, file=sys.stderr)
+                   dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)
         last_save = time.monotonic()
         try:
             while self.pos.step < total:
@@ -174,8 +189,9 @@ class Trainer:
                 n_steps, images, started = 0, 0, time.perf_counter()
                 batches = iterate_batches(len(self.train_data), t.batch_size, t.seed, self.pos.epoch, self.pos.batch)
                 for index in batches:
-                    x = self.train_data.float_batch(index).to(self.device, non_blocking=True)
-                    values = {k: float(v) for k, v in self.game.step(x).items()}
+                    mine = index[self.dist.rank :: self.dist.world_size]  # this process's share of the batch
+                    x = self.train_data.float_batch(mine).to(self.device, non_blocking=True)
+                    values = {k: float(v) for k, v in average_scalars(self.game.step(x), self.dist).items()}
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:
                         raise TrainingDiverged(
@@ -210,7 +226,7 @@ class Trainer:
         return self.pos
 
     def _end_epoch(self, sums: dict[str, float], n_steps: int, images: int, seconds: float, partial: bool) -> None:
-        if n_steps == 0:
+        if n_steps == 0 or not self.dist.is_main:
             return
         label = f"{self.pos.epoch + 1:03d}"
         row: dict[str, float] = {"epoch": self.pos.epoch + (self.pos.batch / self.steps_per_epoch if partial else 1),

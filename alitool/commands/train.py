@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -24,8 +25,10 @@ from alitool.errors import UserError
               help="Continue a run from its last checkpoint (default: the newest run of DATASET).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.lr=2e-4 --set model.latent_dim=32.")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Data-parallel processes on this machine (DistributedDataParallel through torchrun).")
 @user_errors
-def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, resume, overrides) -> None:
+def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, resume, overrides, nproc) -> None:
     """Train ALI on DATASET (a config name from configs/ or a path to a YAML file).
 
     \b
@@ -35,9 +38,12 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
       alitool train digits --max-steps 50 --set train.lr=2e-4
       alitool train digits --resume                 # continue the newest digits run
       alitool train digits --resume runs/digits-2   # continue that run
+      alitool train digits --nproc 2                # 2 processes (DDP, gloo on CPU / NCCL on GPU)
+      torchrun --nproc-per-node 4 -m alitool.cli train svhn --out runs/svhn-ddp   # or torchrun directly
     """
     from alitool.config import load_config, with_train
     from alitool.runs import DEFAULT_ROOT, new_run_dir
+    from alitool.trainers import distributed
 
     flags = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "device": device, "seed": seed}
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -50,24 +56,57 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
         cfg = with_train(from_dict(apply_overrides(to_dict(cfg), list(overrides))), **flags)
     else:
         cfg = with_train(load_config(dataset, overrides), **flags)
-        run_dir = out if out is not None else new_run_dir(cfg.name, DEFAULT_ROOT)
         if out is not None and (out / "checkpoint.pt").exists():
             raise UserError(f"{out} already holds a run; use --resume {out} to continue it, or another --out")
+        run_dir = None
+
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        # Choose the run folder once, here, then start nproc copies of this command under torchrun.
+        run_dir = run_dir or out or new_run_dir(cfg.name, DEFAULT_ROOT)
+        argv = _without_nproc(sys.argv[1:])
+        if resume is None and out is None:
+            argv += ["--out", str(run_dir)]
+        raise SystemExit(distributed.relaunch_with_torchrun(nproc, argv))
+
+    dist = distributed.init_from_env(cfg.train.device)
+    if run_dir is None:  # a fresh run: rank 0 picks the folder, every process uses it
+        run_dir = out or distributed.broadcast_object(new_run_dir(cfg.name, DEFAULT_ROOT) if dist.is_main else None,
+                                                      dist)
 
     from alitool.trainers.loop import Trainer
 
-    trainer = Trainer(cfg, run_dir, data_dir=data_dir)
+    trainer = Trainer(cfg, run_dir, data_dir=data_dir, dist=dist)
     if resume is not None:
         trainer.resume()
     else:
         trainer.start_fresh()
-    click.echo(f"run folder: {run_dir}  (device {trainer.device}, {trainer.steps_per_epoch} steps/epoch)", err=True)
-    pos = trainer.fit()
+    if dist.is_main:
+        click.echo(f"run folder: {run_dir}  (device {trainer.device}, {trainer.steps_per_epoch} steps/epoch"
+                   f"{f', {dist.world_size} processes' if dist.enabled else ''})", err=True)
+    try:
+        pos = trainer.fit()
+    finally:
+        distributed.shutdown(dist)
+    if not dist.is_main:
+        return
     click.echo(f"done at step {pos.step}. checkpoint: {trainer.checkpoint_path}")
     last = sorted((run_dir / "samples").glob("*.png"))
     if last:
         click.echo(f"samples: {last[-1]}\nreconstructions: {run_dir / 'reconstructions' / last[-1].name}")
     click.echo(f"metrics: {run_dir / 'metrics.csv'}, loss plot: {run_dir / 'losses.png'}")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """argv with --nproc N / --nproc=N removed (the relaunched processes must not relaunch again)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def _resume_dir(resume: str, dataset: str, out: Path | None, root: Path) -> Path:
