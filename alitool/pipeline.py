@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import errno
 import math
 import os
 import queue
@@ -269,11 +270,13 @@ def index_path_for(out: str | Path) -> Path:
 
 
 class NpyRowWriter:
-    """Append float32 rows to a ``.npy`` through a memory map over a hidden temporary file next to ``path``;
+    """Append float32 rows to a ``.npy`` through memory maps over a hidden temporary file next to ``path``;
     ``commit()`` writes the final header and renames it over ``path``; ``abort()`` deletes it.
 
-    The row count is unknown in advance (skipped files, video lengths), so the map grows by doubling; NumPy's
-    header keeps spare room for the row count, so the final header is rewritten in place."""
+    Each append maps only the rows it writes and unmaps them at once, so the process never holds more than
+    one batch of the file (the kernel writes the pages back). The row count is unknown in advance (skipped
+    files, video lengths), so the file grows by doubling, with its blocks reserved up front; NumPy's header
+    keeps spare room for the row count, so the final header is rewritten in place."""
 
     def __init__(self, path: str | Path, dim: int, capacity: int = 4096):
         self.path, self.dim, self.rows = Path(path), int(dim), 0
@@ -281,7 +284,6 @@ class NpyRowWriter:
         fd, self.tmp = _temp_beside(self.path)
         self._file = os.fdopen(fd, "r+b")
         self._offset = self._write_header(0)
-        self._map: np.memmap | None = None
         self.capacity = 0
         self._grow(max(1, capacity))
 
@@ -289,52 +291,45 @@ class NpyRowWriter:
         self._file.seek(0)
         header = {"descr": "<f4", "fortran_order": False, "shape": (rows, self.dim)}
         np.lib.format.write_array_header_1_0(self._file, header)
+        self._file.flush()
         return self._file.tell()
 
     def _grow(self, capacity: int) -> None:
-        self._release_map()
         size = self._offset + capacity * self.dim * 4
-        try:  # reserve real blocks: a full disk must fail here as an OSError, not as SIGBUS inside the map
+        try:  # reserve real blocks: a full disk must fail here as an OSError, not as SIGBUS inside a map
             os.posix_fallocate(self._file.fileno(), 0, size)
         except (AttributeError, OSError) as err:
-            if isinstance(err, OSError) and err.errno not in (95, 22):  # EOPNOTSUPP / EINVAL: no fallocate here
+            if isinstance(err, OSError) and err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise UserError(f"{self.path}: cannot reserve space for the features: {err.strerror}") from None
-            self._file.truncate(size)
-        self._map = np.memmap(self._file, dtype="<f4", mode="r+", offset=self._offset, shape=(capacity, self.dim))
+            self._file.truncate(size)  # a file system without fallocate: sparse, like np.lib.format.open_memmap
         self.capacity = capacity
-
-    def _release_map(self) -> None:
-        if self._map is not None:
-            self._map.flush()
-            self._map._mmap.close()  # release now, not whenever the garbage collector gets to it
-            self._map = None
 
     def append(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise UserError(f"the model returned features of shape {rows.shape}; expected [n, {self.dim}]")
+        if not len(rows):
+            return
         end = self.rows + len(rows)
         if end > self.capacity:
             self._grow(max(end, 2 * self.capacity))
-        self._map[self.rows : end] = rows
+        window = np.memmap(self._file, dtype="<f4", mode="r+", offset=self._offset + self.rows * self.dim * 4,
+                           shape=rows.shape)
+        window[:] = rows
+        window._mmap.close()  # unmap now, not whenever the garbage collector gets to it
         self.rows = end
 
     def commit(self) -> None:
-        self._release_map()
         self._file.truncate(self._offset + self.rows * self.dim * 4)
         if self._write_header(self.rows) != self._offset:  # cannot happen with NumPy's padded header
             raise RuntimeError("the .npy header changed length")
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        try:
-            self._release_map()
-        finally:
-            self._file.close()
-            self.tmp.unlink(missing_ok=True)
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 class IndexWriter:

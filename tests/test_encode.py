@@ -95,6 +95,8 @@ def test_npy_writer_grows_commits_and_aborts_atomically(tmp_path):
     writer = NpyRowWriter(out, 5, capacity=2)
     for part in parts:
         writer.append(part)
+        with open("/proc/self/maps") as maps:  # only the batch being written is ever mapped
+            assert writer.tmp.name not in maps.read()
     assert out.read_bytes() == b"previous"  # nothing replaced before commit
     writer.commit()
     np.testing.assert_array_equal(np.load(out), np.concatenate(parts))

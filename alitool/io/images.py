@@ -147,7 +147,8 @@ def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
 
 
 def decode_image(data: bytes, pre: Preprocess) -> np.ndarray:
-    """Image bytes -> H x W (grayscale model) or H x W x 3 RGB (colour model) array, uint8/uint16/float32.
+    """Image bytes -> H x W (grayscale model) or H x W x 3 BGR (colour model; OpenCV's channel order, which
+    ``prepare`` turns into RGB while it scales) array, uint8/uint16/float32.
 
     Alpha is dropped (as Pillow's ``convert("RGB")`` does), grayscale is replicated for RGB models, colour
     is converted with ITU-R 601 weights for grayscale models, CMYK JPEGs are converted by libjpeg, and 16-bit
@@ -180,8 +181,6 @@ def decode_image(data: bytes, pre: Preprocess) -> np.ndarray:
         raise BadInput(f"cannot be decoded ({str(err).strip().splitlines()[-1][:80]})") from None
     if image is None or image.size == 0:
         raise BadInput("cannot be decoded as an image (truncated, corrupt, or not an image file)")
-    if not gray and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
 
 
@@ -199,11 +198,19 @@ def _jpeg_reduction(short_side: int, target: int) -> int:
     return 1
 
 
+_SCALE = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535, np.dtype(np.float32): 1.0,
+          np.dtype(np.float64): 1.0}
+
+
 def prepare(image: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """A decoded H x W or H x W x 3 (RGB) image -> float32 [C, S, S] in [0, 1] (resize, crop, scale)."""
+    """An image as OpenCV gives it (H x W grayscale or H x W x 3 BGR; uint8, uint16 or float) -> float32
+    [C, S, S] RGB in [0, 1]: grayscale conversion, central square, resize, then one pass that reorders the
+    channels and scales (no intermediate copies: on 32x32 inputs the copies cost as much as the decoding)."""
     import cv2
 
     s = pre.image_size
+    if image.ndim == 3 and pre.channels == 1:  # colour video frames for a grayscale model: convert first,
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)  # as a grayscale decode does
     height, width = image.shape[:2]
     if pre.crop == "center" and height != width:  # the central square, as the image-file datasets do
         side = min(height, width)
@@ -212,30 +219,25 @@ def prepare(image: np.ndarray, pre: Preprocess) -> np.ndarray:
     if image.shape[:2] != (s, s):
         shrink = image.shape[0] > s or image.shape[1] > s
         image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    if image.ndim == 3 and pre.channels == 1:  # colour video frames for a grayscale model
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if image.ndim == 2 and pre.channels == 3:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.dtype == np.uint8:
-        out = image.astype(np.float32) * np.float32(1 / 255)
-    elif image.dtype == np.uint16:
-        out = image.astype(np.float32) * np.float32(1 / 65535)
-    elif image.dtype in (np.float32, np.float64):
-        out = np.clip(image.astype(np.float32), 0.0, 1.0)
-    else:
+    scale = _SCALE.get(image.dtype)
+    if scale is None:
         raise BadInput(f"unsupported pixel type {image.dtype}")
-    out = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
-    return np.ascontiguousarray(out)
+    if image.ndim == 2:
+        source = np.broadcast_to(image, (pre.channels, s, s))
+    else:
+        source = image[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW, a view
+    out = np.empty((pre.channels, s, s), dtype=np.float32)
+    np.multiply(source, np.float32(scale), out=out, casting="unsafe")
+    if scale == 1.0:  # float images (TIFF, EXR) may hold values outside [0, 1]
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
-    """Read, decode and prepare one image file: float32 [C, S, S] in [0, 1], or BadInput."""
+    """Read, decode and prepare one image file: float32 [C, S, S] RGB in [0, 1], or BadInput."""
     return prepare(decode_image(read_file(path), pre), pre)
 
 
 def prepare_frame(bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """A video frame as OpenCV reads it (H x W x 3 BGR uint8) -> float32 [C, S, S] in [0, 1]."""
-    import cv2
-
-    code = cv2.COLOR_BGR2GRAY if pre.channels == 1 else cv2.COLOR_BGR2RGB
-    return prepare(cv2.cvtColor(bgr, code), pre)
+    """A video frame as OpenCV reads it (H x W x 3 BGR uint8) -> float32 [C, S, S] RGB in [0, 1]."""
+    return prepare(bgr, pre)
