@@ -1,0 +1,175 @@
+"""ONNX Runtime backend: the exported encoder G_z(x) / decoder G_x(z) (paper section 2) without PyTorch.
+
+Opens ``encoder.onnx`` / ``encoder.int8.onnx`` / ``decoder.onnx`` (a file, an export folder, or a run folder
+with ``export/``), reads the model's metadata from the files, and picks execution providers from those this
+onnxruntime build has: TensorRT EP, then CUDA EP, then CPU. What ONNX Runtime actually uses is read back with
+``session.get_providers()`` and reported, since a GPU build silently falls back to CPU without CUDA.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from alitool.backends import ModelMeta, check_kind
+from alitool.errors import UserError
+
+META_KEY = "alitool"  # metadata_props key holding ModelMeta as JSON (export/onnx.py writes it)
+PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ENCODER_FILES = ("encoder.onnx", "encoder.int8.onnx")
+DECODER_FILES = ("decoder.onnx",)
+
+
+def pick_providers(device: str, available: list[str]) -> list[str]:
+    """The provider priority list for ``device`` ("auto", "cpu", "cuda[:N]", "tensorrt"), filtered by what
+    this onnxruntime build offers; a GPU request that cannot be met is an error, not a silent CPU run."""
+    if device == "auto":
+        return [p for p in PROVIDER_PRIORITY if p in available]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = {"tensorrt": "TensorrtExecutionProvider"}.get(device, "CUDAExecutionProvider")
+    if not (device == "tensorrt" or device.startswith("cuda")):
+        raise UserError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or tensorrt")
+    if wanted not in available:
+        raise UserError(f"--device {device}: this onnxruntime has no {wanted} (it has {', '.join(available)}); "
+                        f"install alitool[gpu] (onnxruntime-gpu) instead of onnxruntime, on a machine with CUDA")
+    return [p for p in PROVIDER_PRIORITY[PROVIDER_PRIORITY.index(wanted):] if p in available]
+
+
+def resolve_onnx_files(path: str | Path) -> tuple[Path | None, Path | None]:
+    """(encoder file, decoder file) for a file, an export folder or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "export" if (path / "export").is_dir() else path
+        encoder = next((folder / n for n in ENCODER_FILES if (folder / n).is_file()), None)
+        decoder = next((folder / n for n in DECODER_FILES if (folder / n).is_file()), None)
+        if encoder is None and decoder is None:
+            raise UserError(f"{folder}: no encoder.onnx or decoder.onnx there; run `alitool export` first")
+        return encoder, decoder
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    if path.name.startswith("decoder"):
+        sibling = next((path.parent / n for n in ENCODER_FILES if (path.parent / n).is_file()), None)
+        return sibling, path
+    sibling = next((path.parent / n for n in DECODER_FILES if (path.parent / n).is_file()), None)
+    return path, sibling
+
+
+class OnnxBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0):
+        import onnxruntime as ort
+
+        encoder_path, decoder_path = resolve_onnx_files(path)
+        self.providers_requested = pick_providers(device, ort.get_available_providers())
+        self.threads = threads
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.files: dict[str, Path] = {}
+        self.precision: dict[str, str] = {}
+        metas: dict[str, ModelMeta] = {}
+        for graph, file in (("encoder", encoder_path), ("decoder", decoder_path)):
+            if file is None:
+                continue
+            session = self._open(ort, file)
+            meta, values = _session_meta(session, file)
+            if values.get("alitool.graph", graph) != graph:
+                raise UserError(f"{file}: holds the {values['alitool.graph']}, not the {graph}")
+            self.sessions[graph], self.files[graph], metas[graph] = session, file, meta
+            self.precision[graph] = values.get("alitool.precision", "fp32")
+        if len(metas) == 2 and metas["encoder"].source_sha256 != metas["decoder"].source_sha256:
+            # Files from different checkpoints in one folder: the pair would encode and decode inconsistently.
+            raise UserError(f"{self.files['encoder']} and {self.files['decoder']} come from different checkpoints "
+                            f"(source sha256 {metas['encoder'].source_sha256[:12]} vs "
+                            f"{metas['decoder'].source_sha256[:12]}); export them again together")
+        base = metas.get("encoder") or metas["decoder"]
+        self.meta = replace(base, has_encoder="encoder" in metas, has_decoder="decoder" in metas)
+        self.providers = next(iter(self.sessions.values())).get_providers()
+        self.stochastic = "encoder" in self.sessions and "z_log_sigma" in self._outputs("encoder")
+        self.rng = np.random.default_rng()
+
+    def _open(self, ort, file: Path):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads  # 0: ONNX Runtime's default (one per physical core)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: a GPU build's CUDA-missing chatter is reported below
+        providers = [(p, _provider_options(p, file)) for p in self.providers_requested]
+        try:
+            return ort.InferenceSession(str(file), options, providers=providers)
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"{file}: onnxruntime cannot load it: {reason}") from None
+
+    def _outputs(self, graph: str) -> list[str]:
+        return [o.name for o in self.sessions[graph].get_outputs()]
+
+    def describe(self) -> str:
+        """One line: files, precision, and the providers ONNX Runtime really uses (not just asked for)."""
+        import onnxruntime as ort
+
+        files = ", ".join(f"{f.name} ({self.precision[g]})" for g, f in self.files.items())
+        line = f"onnxruntime {ort.__version__}: {files}; providers in use: {', '.join(self.providers)}"
+        missing = [p for p in self.providers_requested if p not in self.providers]
+        if missing:
+            line += f" (asked for {', '.join(missing)} too; unavailable at run time, e.g. no CUDA device)"
+        return line + (f"; {self.threads} threads" if self.threads else "")
+
+    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
+        check_kind(kind)
+        if "encoder" not in self.sessions:
+            raise UserError(f"{self.files['decoder'].parent}: no encoder.onnx next to the decoder; cannot encode")
+        x = check_batch(images, self.meta.input_shape, "images")
+        if kind == "paper":
+            return self.sessions["encoder"].run(["features"], {"images": x})[0]
+        if kind == "mean" or not self.stochastic:
+            return self.sessions["encoder"].run(["z_mean"], {"images": x})[0]
+        z_mean, z_log_sigma = self.sessions["encoder"].run(["z_mean", "z_log_sigma"], {"images": x})
+        # Reparametrisation (paper section 3): one independent eps per latent dimension.
+        eps = self.rng.standard_normal(z_mean.shape).astype(np.float32)
+        return z_mean + np.exp(z_log_sigma) * eps
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        if "decoder" not in self.sessions:
+            raise UserError(f"{self.files['encoder'].parent}: no decoder.onnx next to the encoder; cannot decode")
+        z = check_batch(z, (self.meta.latent_dim,), "z")
+        return self.sessions["decoder"].run(["images"], {"z": z})[0]
+
+
+def _provider_options(provider: str, file: Path) -> dict[str, str]:
+    if provider != "TensorrtExecutionProvider":
+        return {}
+    # Building a TensorRT engine takes seconds to minutes: cache it next to the model (or in /tmp when that
+    # folder is read-only) so only the first session pays.
+    cache = file.parent / ".trt_ep_cache"
+    try:
+        cache.mkdir(exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / "alitool_trt_ep_cache"
+        cache.mkdir(exist_ok=True)
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+
+
+def _session_meta(session, file: Path) -> tuple[ModelMeta, dict[str, str]]:
+    values = dict(session.get_modelmeta().custom_metadata_map)
+    return meta_from_metadata(values, file), values
+
+
+def meta_from_metadata(values: dict[str, str], where: str | Path) -> ModelMeta:
+    """The ModelMeta stored in an ONNX file's metadata (as read by onnx or onnxruntime)."""
+    if META_KEY not in values:
+        raise UserError(f"{where}: an ONNX file without alitool metadata; export it with `alitool export`")
+    try:
+        return ModelMeta.from_json(values[META_KEY])
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"{where}: unreadable alitool metadata ({err})") from None
+
+
+def check_batch(array: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != len(shape) + 1 or tuple(array.shape[1:]) != tuple(shape):
+        expected = ", ".join(map(str, shape))
+        raise UserError(f"{what} of shape {tuple(array.shape)}; this model takes [N, {expected}]")
+    return array

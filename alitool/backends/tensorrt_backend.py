@@ -1,0 +1,209 @@
+"""TensorRT backend: ALI's encoder G_z(x) / decoder G_x(z) (paper section 2) as serialized TensorRT engines.
+
+Works with TensorRT 10.x and 11.x: only the name-based tensor API (``num_io_tensors``, ``set_input_shape``,
+``set_tensor_address``, ``execute_async_v3``) is used, which both have. Device memory and the CUDA stream come
+from PyTorch (already an alitool dependency), so no pycuda / cuda-python is needed.
+
+An engine only runs on the TensorRT version and GPU it was built for. The JSON sidecar written next to each
+engine (``encoder.engine.json``) records both, and a mismatch is refused with a clear message instead of
+TensorRT's deserialisation error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from alitool.backends import ModelMeta, check_kind
+from alitool.backends.onnx_backend import check_batch
+from alitool.errors import UserError
+
+INSTALL_HINT = "pip install 'alitool[trt]' (the trt extra; needs an NVIDIA GPU and driver)"
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+PRECISION_ORDER = ("fp32", "fp16", "int8")  # which engine a folder opens first
+
+
+class TensorRTUnavailable(UserError):
+    """TensorRT is not installed, or there is no CUDA GPU for it."""
+
+
+def import_tensorrt(ready: str = ""):
+    """``import tensorrt``, or one line saying how to install it (``ready``: what is usable meanwhile)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as err:  # OSError: the Python bindings without their libnvinfer
+        detail = "" if isinstance(err, ModuleNotFoundError) else f" ({str(err).splitlines()[0][:120]})"
+        raise TensorRTUnavailable(f"TensorRT is not installed{detail}: {INSTALL_HINT}{ready}") from None
+    return trt
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise UserError(f"cannot read the TensorRT version {version!r}") from None
+
+
+def cuda_gpu(ready: str = "") -> dict[str, str]:
+    """Name and compute capability of the current CUDA GPU, or a one-line error saying one is needed."""
+    try:
+        import torch
+    except ImportError:
+        raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU and PyTorch with CUDA to drive it{ready}") from None
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU; none is usable here{ready}")
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def read_sidecar(engine: Path) -> dict:
+    side = sidecar_path(engine)
+    if not side.is_file():
+        raise UserError(f"{engine}: no {side.name} next to it, so the TensorRT version and GPU it was built for "
+                        f"are unknown; rebuild it with `alitool export --trt`")
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+        info["meta"] = ModelMeta.from_json(info["meta"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{side}: unreadable engine sidecar ({err}); rebuild with `alitool export --trt`") from None
+    return info
+
+
+def check_engine_compatible(info: dict, engine: Path, trt_version: str, gpu: dict[str, str]) -> None:
+    """Refuse an engine built by another TensorRT version or for another GPU (engines are not portable)."""
+    built = info.get("tensorrt_version", "?")
+    if built != trt_version:
+        raise UserError(f"{engine}: built with TensorRT {built}, this is TensorRT {trt_version}; engines only load "
+                        f"in the version that built them: rebuild here with `alitool export --trt`")
+    for key, label in (("compute_capability", "compute capability"), ("gpu_name", "GPU")):
+        if info.get(key) != gpu[key]:
+            raise UserError(f"{engine}: built for {label} {info.get(key)!r} ({info.get('gpu_name')}), this machine "
+                            f"has {gpu[key]!r} ({gpu['gpu_name']}); rebuild here with `alitool export --trt`")
+
+
+def resolve_engines(path: str | Path) -> dict[str, Path]:
+    """{"encoder": file, "decoder": file} for an engine file (its sibling is found by name) or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "export" if (path / "export").is_dir() else path
+        found = {g: _first_engine(folder, g) for g in ("encoder", "decoder")}
+        if not any(found.values()):
+            raise UserError(f"{folder}: no TensorRT engines there; build them with `alitool export --trt`")
+        return {g: f for g, f in found.items() if f}
+    if not path.is_file():
+        raise UserError(f"{path}: no such engine file")
+    graph = read_sidecar(path).get("graph", "encoder")
+    other = "decoder" if graph == "encoder" else "encoder"
+    found = {graph: path}
+    sibling = _first_engine(path.parent, other)
+    if sibling:
+        found[other] = sibling
+    return found
+
+
+def _first_engine(folder: Path, graph: str) -> Path | None:
+    names = [f"{graph}.engine"] + [f"{graph}.{p}.engine" for p in PRECISION_ORDER]
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, path: str | Path):
+        files = resolve_engines(path)
+        trt = import_tensorrt()
+        gpu = cuda_gpu()
+        import torch
+
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines, self.contexts, self.info = {}, {}, {}
+        for graph, file in files.items():
+            info = read_sidecar(file)
+            check_engine_compatible(info, file, trt.__version__, gpu)
+            engine = self.runtime.deserialize_cuda_engine(file.read_bytes())
+            if engine is None:
+                raise UserError(f"{file}: TensorRT could not deserialize this engine (corrupt file?)")
+            self.engines[graph], self.info[graph] = engine, info
+            self.contexts[graph] = engine.create_execution_context()
+        metas = {g: i["meta"] for g, i in self.info.items()}
+        if len(metas) == 2 and metas["encoder"].source_sha256 != metas["decoder"].source_sha256:
+            raise UserError(f"{files['encoder']} and {files['decoder']} come from different checkpoints; "
+                            f"build them again together with `alitool export --trt`")
+        base = metas.get("encoder") or metas["decoder"]
+        self.meta = replace(base, has_encoder="encoder" in metas, has_decoder="decoder" in metas)
+        self.files = files
+        self.rng = np.random.default_rng()
+
+    def describe(self) -> str:
+        parts = [f"{f.name} ({self.info[g]['precision']}, batch <= {self.max_batch(g)})" for g, f in self.files.items()]
+        first = next(iter(self.info.values()))
+        return f"TensorRT {first['tensorrt_version']} on {first['gpu_name']}: {', '.join(parts)}"
+
+    def max_batch(self, graph: str) -> int:
+        return int(self.info[graph]["profile"]["max"][0])
+
+    def _run(self, graph: str, array: np.ndarray) -> dict[str, np.ndarray]:
+        """Run ``graph`` on ``array`` in chunks of the engine's largest profile batch; all outputs, as NumPy."""
+        import tensorrt as trt
+        import torch
+
+        engine, context = self.engines[graph], self.contexts[graph]
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        stream = torch.cuda.current_stream(self.device)
+        results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
+        step = self.max_batch(graph)
+        for start in range(0, len(array), step):
+            x = torch.from_numpy(array[start : start + step]).to(self.device)
+            x = x.to(_torch_dtype(engine.get_tensor_dtype(inputs[0]))).contiguous()
+            context.set_input_shape(inputs[0], tuple(x.shape))
+            context.set_tensor_address(inputs[0], x.data_ptr())
+            buffers = {}
+            for name in outputs:
+                dtype = _torch_dtype(engine.get_tensor_dtype(name))
+                buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device=self.device)
+                context.set_tensor_address(name, buffers[name].data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise UserError(f"{self.files[graph]}: TensorRT failed to run the engine")
+            stream.synchronize()
+            for name in outputs:
+                results[name].append(buffers[name].float().cpu().numpy())
+        return {n: np.concatenate(parts) if parts else np.zeros((0,), np.float32) for n, parts in results.items()}
+
+    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
+        check_kind(kind)
+        if "encoder" not in self.engines:
+            raise UserError("no encoder engine next to this decoder engine; cannot encode")
+        x = check_batch(images, self.meta.input_shape, "images")
+        out = self._run("encoder", x)
+        if kind == "paper":
+            return out["features"]
+        if kind == "mean" or "z_log_sigma" not in out:
+            return out["z_mean"]
+        eps = self.rng.standard_normal(out["z_mean"].shape).astype(np.float32)
+        return out["z_mean"] + np.exp(out["z_log_sigma"]) * eps  # reparametrisation (paper section 3)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        if "decoder" not in self.engines:
+            raise UserError("no decoder engine next to this encoder engine; cannot decode")
+        return self._run("decoder", check_batch(z, (self.meta.latent_dim,), "z"))["images"]
+
+
+def _torch_dtype(trt_dtype):
+    import tensorrt as trt
+    import torch
+
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8, trt.int32: torch.int32}
+    if trt_dtype not in table:
+        raise UserError(f"engine tensor of type {trt_dtype}, which alitool does not handle")
+    return table[trt_dtype]

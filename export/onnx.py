@@ -1,0 +1,312 @@
+"""ONNX export of ALI's two inference networks (Dumoulin et al. 2017, section 2), metadata inside.
+
+- ``encoder.onnx``: G_z(x). Input ``images`` float32 [N, C, H, W] in the value range (vectors [N, D] for the
+  2-D toy experiment); outputs ``z_mean`` [N, latent], ``z_log_sigma`` [N, latent] (Gaussian encoders; a sample
+  is z_mean + exp(z_log_sigma) * eps, section 3) and ``features`` [N, F], the section 4.3 SVM feature vector
+  (the encoder output plus its last three hidden layers, as ``Encoder.features`` computes it).
+- ``decoder.onnx``: G_x(z). Input ``z`` [N, latent]; output ``images``.
+
+The batch axis is dynamic. Every file carries the model's ``ModelMeta`` as JSON under the key ``alitool`` plus
+readable keys (image size, channels, value range, latent dim, outputs, precision, version, source hash), so a
+user never retypes anything downstream. A model is exported to memory, checked against PyTorch on fresh inputs
+at a batch size different from the export example, and only then written (atomically).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from alitool.backends import ModelMeta
+from alitool.backends.onnx_backend import META_KEY, meta_from_metadata
+from alitool.checkpoint import atomic_write_bytes
+from alitool.errors import UserError
+
+ENCODER_INPUT = "images"
+DECODER_INPUT = "z"
+DECODER_OUTPUT = "images"
+OPSET = 18
+# dynamo specialises a batch of 1 to a constant; 3 also differs from the parity batch, so a file that only
+# works at its example batch fails the check below.
+EXPORT_BATCH = 3
+PARITY_BATCH = 5
+EXPORTERS = ("dynamo", "torchscript")
+# PyTorch's own ONNX tests use rtol 1e-3, atol 1e-4 (EXPORT_NOTES).
+RTOL, ATOL = 1e-3, 1e-4
+MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one file without external data
+
+
+class EncoderGraph(nn.Module):
+    """The encoder with all three outputs from one pass through its layer table."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        taps: list[Tensor] = []
+        out = self.encoder.stack(images, taps).flatten(1)
+        # Same slices as Encoder.features (last four rows) and Encoder.forward (chunk of the output);
+        # the parity check compares against those methods, so a change there cannot go unnoticed.
+        features = torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
+        if not self.encoder.stochastic:
+            return out, features
+        z_mean, z_log_sigma = out.chunk(2, dim=1)
+        return z_mean, z_log_sigma, features
+
+
+def encoder_output_names(encoder: nn.Module) -> list[str]:
+    return ["z_mean", "z_log_sigma", "features"] if encoder.stochastic else ["z_mean", "features"]
+
+
+def reference_encoder_outputs(encoder: nn.Module, images: Tensor) -> list[Tensor]:
+    """What PyTorch itself says, through the Encoder's own methods (not through EncoderGraph)."""
+    with torch.no_grad():
+        z_mean, z_log_sigma = encoder(images)
+        features = encoder.features(images)
+    return [z_mean, features] if z_log_sigma is None else [z_mean, z_log_sigma, features]
+
+
+def to_onnx(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],
+            exporter: str = "dynamo", opset: int = OPSET) -> onnx.ModelProto:
+    """Trace ``module`` (eval mode) into an ONNX model with a dynamic batch axis."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
+    module = module.eval()
+    with torch.no_grad():
+        shapes = [tuple(t.shape[1:]) for t in _as_tuple(module(example))]
+    with warnings.catch_warnings(), _quiet_exporter_logs():
+        warnings.simplefilter("ignore")  # deprecation chatter from the exporters, not actionable here
+        if exporter == "dynamo":
+            batch = torch.export.Dim("batch", min=1, max=1 << 20)
+            program = torch.onnx.export(
+                module, (example,), None, dynamo=True, opset_version=opset, input_names=[input_name],
+                output_names=output_names, dynamic_shapes=({0: batch},), verbose=False,
+            )
+            model = program.model_proto
+        else:
+            buffer = io.BytesIO()
+            axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
+            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=min(opset, 20),
+                              input_names=[input_name], output_names=output_names, dynamic_axes=axes)
+            model = onnx.load_from_string(buffer.getvalue())
+    _declare_output_shapes(model, dict(zip(output_names, shapes, strict=True)))
+    return model
+
+
+def _as_tuple(out) -> tuple[Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+@contextlib.contextmanager
+def _quiet_exporter_logs():
+    """The dynamo exporter logs a warning per missing torchvision op; nothing a user can act on."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write [batch, ...] into each output's declared shape (the TorchScript exporter leaves symbols such as
+    'Slicez_mean_dim_1' after a chunk), so the file documents itself in Netron or onnx.helper."""
+    for out in model.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        dims.add().dim_param = "batch"
+        for size in shapes[out.name]:
+            dims.add().dim_value = size
+
+
+def set_metadata(model: onnx.ModelProto, meta: ModelMeta, graph: str, precision: str = "fp32",
+                 extra: dict[str, str] | None = None) -> None:
+    """Write ``meta`` (JSON) and readable keys into ``model.metadata_props``, replacing earlier values."""
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    values = {
+        META_KEY: meta.to_json(),
+        "alitool.graph": graph,
+        "alitool.precision": precision,
+        "alitool.inputs": ",".join(inputs),
+        "alitool.outputs": ",".join(outputs),
+        "name": meta.name,
+        "image_size": str(meta.image_size),
+        "channels": str(meta.channels),
+        "value_range": f"{meta.value_range[0]:g},{meta.value_range[1]:g}",
+        "latent_dim": str(meta.latent_dim),
+        "feature_dim": str(meta.feature_dim),
+        "input_layout": "NCHW float32" if meta.image_size else "ND float32",
+        "version": meta.version,
+        "source_sha256": meta.source_sha256,
+        **(extra or {}),
+    }
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "alitool"
+    model.producer_version = meta.version
+    model.doc_string = f"ALI {graph} ({meta.name}), {precision}; metadata key '{META_KEY}' holds the full config"
+
+
+def metadata_map(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_meta(path: str | Path) -> tuple[ModelMeta, dict[str, str]]:
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError / ValueError / OSError depending on the damage
+        raise UserError(f"{path}: not a readable ONNX file ({str(err).splitlines()[0][:120]})") from None
+    values = metadata_map(model)
+    return meta_from_metadata(values, path), values
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    data = model.SerializeToString()
+    if len(data) > MAX_PROTO_BYTES:
+        raise UserError(f"{path}: the model is over 2 GB, more than one ONNX file can hold")
+    atomic_write_bytes(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parity: ONNX Runtime against PyTorch on fresh inputs.
+
+
+def cpu_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def fresh_inputs(meta: ModelMeta, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random images in the value range (or N(0, 2^2) vectors for vector data) and N(0, I) latents."""
+    rng = np.random.default_rng(seed)
+    if meta.image_size:
+        low, high = meta.value_range
+        images = rng.uniform(low, high, size=(batch, *meta.input_shape)).astype(np.float32)
+    else:
+        images = (2.0 * rng.standard_normal((batch, *meta.input_shape))).astype(np.float32)
+    return images, rng.standard_normal((batch, meta.latent_dim)).astype(np.float32)
+
+
+@dataclass
+class Parity:
+    """Largest |ONNX Runtime - PyTorch| per output, and whether all are within rtol 1e-3 + atol 1e-4."""
+
+    batch: int
+    max_abs: dict[str, float] = field(default_factory=dict)
+    ok: bool = True
+
+    def line(self, graph: str) -> str:
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in self.max_abs.items())
+        return f"{graph}: max |ONNX Runtime - PyTorch| on fresh inputs (batch {self.batch}): {diffs}"
+
+
+def compare(outputs: list[np.ndarray], reference: list[Tensor], names: list[str], batch: int) -> Parity:
+    parity = Parity(batch)
+    for name, got, want in zip(names, outputs, reference, strict=True):
+        want = want.float().cpu().numpy()
+        if got.shape != want.shape:
+            parity.max_abs[name] = float("inf")
+            parity.ok = False
+            continue
+        parity.max_abs[name] = float(np.abs(got - want).max()) if got.size else 0.0
+        parity.ok &= bool(np.allclose(got, want, rtol=RTOL, atol=ATOL))
+    return parity
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The export itself.
+
+
+@dataclass
+class ExportedPair:
+    encoder_path: Path
+    decoder_path: Path
+    meta: ModelMeta
+    encoder_parity: Parity
+    decoder_parity: Parity
+    exporter: str
+
+
+def export_networks(encoder: nn.Module, decoder: nn.Module, meta: ModelMeta, out_dir: Path,
+                    exporter: str = "dynamo", log: Callable[[str], None] = print) -> ExportedPair:
+    """Export ``encoder`` and ``decoder`` (CPU, eval) to ``out_dir/encoder.onnx`` and ``decoder.onnx``."""
+    encoder, decoder = encoder.cpu().eval(), decoder.cpu().eval()
+    out_dir = Path(out_dir)
+    example_x, example_z = (torch.from_numpy(a) for a in fresh_inputs(meta, EXPORT_BATCH, seed=0))
+    names = encoder_output_names(encoder)
+    meta = replace(meta, has_encoder=True, has_decoder=True)
+
+    enc_model, used = _export_with_fallback(EncoderGraph(encoder), example_x, ENCODER_INPUT, names, exporter, log)
+    dec_model, _ = _export_with_fallback(decoder, example_z, DECODER_INPUT, [DECODER_OUTPUT], used, log)
+    set_metadata(enc_model, meta, "encoder")
+    set_metadata(dec_model, meta, "decoder")
+
+    x, z = fresh_inputs(meta, PARITY_BATCH, seed=1)
+    enc_parity = compare(cpu_session(enc_model).run(names, {ENCODER_INPUT: x}),
+                         reference_encoder_outputs(encoder, torch.from_numpy(x)), names, PARITY_BATCH)
+    with torch.no_grad():
+        dec_reference = [decoder(torch.from_numpy(z))]
+    dec_parity = compare(cpu_session(dec_model).run([DECODER_OUTPUT], {DECODER_INPUT: z}), dec_reference,
+                         [DECODER_OUTPUT], PARITY_BATCH)
+    for graph, parity in (("encoder", enc_parity), ("decoder", dec_parity)):
+        if not parity.ok:
+            raise UserError(f"the exported {graph} disagrees with PyTorch ({parity.line(graph)}); nothing written")
+
+    enc_path, dec_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    save_model(enc_model, enc_path)
+    save_model(dec_model, dec_path)
+    return ExportedPair(enc_path, dec_path, meta, enc_parity, dec_parity, used)
+
+
+def _export_with_fallback(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],
+                          exporter: str, log: Callable[[str], None]) -> tuple[onnx.ModelProto, str]:
+    try:
+        return to_onnx(module, example, input_name, output_names, exporter), exporter
+    except UserError:
+        raise
+    except Exception as err:  # the dynamo exporter's failures come as many exception types
+        if exporter != "dynamo":
+            raise UserError(f"ONNX export failed: {str(err).splitlines()[0][:200]}") from None
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        log(f"note: the dynamo ONNX exporter failed ({first}); using the TorchScript exporter instead")
+        return to_onnx(module, example, input_name, output_names, "torchscript"), "torchscript"
+
+
+def describe_outputs(model_path: Path) -> str:
+    """``name [dims]`` for each output, as the file declares them (batch shown as its symbol)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    parts = []
+    for out in model.graph.output:
+        dims = [d.dim_param or str(d.dim_value) for d in out.type.tensor_type.shape.dim]
+        parts.append(f"{out.name} [{', '.join(dims)}]")
+    return ", ".join(parts)
+
+
+def metadata_json(model_path: Path) -> str:
+    """The metadata keys of an ONNX file (for `alitool export --show`-like printing and tests)."""
+    _, values = read_meta(model_path)
+    return json.dumps({k: v for k, v in values.items() if k != META_KEY}, indent=2, sort_keys=True)

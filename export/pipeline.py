@@ -1,0 +1,115 @@
+"""The export stage end to end, as ``alitool export`` runs it: checkpoint -> ONNX (+ parity) -> INT8 (+ fidelity)
+-> TensorRT engines. Each step reports one or two lines through ``log``; files already exported from the same
+checkpoint are reused, so ``alitool export --int8`` then ``alitool export --trt`` does not trace the model twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alitool.errors import UserError
+
+
+@dataclass
+class ExportOptions:
+    out: Path | None = None  # default: <run>/export
+    int8: bool = False
+    calib: str = ""  # "", a number of training images, a folder or a .npy file
+    trt: bool = False
+    fp16: bool = False
+    batch: int = 64  # TensorRT profile: opt and max batch
+    exporter: str = "dynamo"
+    data_dir: str = ""
+    force: bool = False  # export the ONNX files again even when they match the checkpoint
+
+
+@dataclass
+class ExportReport:
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    parity: list[str] = field(default_factory=list)
+    fidelity: object | None = None  # quantize.Fidelity
+    reused: bool = False
+
+
+def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
+    from alitool.backends.torch_backend import load_networks, meta_from_config
+    from alitool.checkpoint import file_sha256
+    from alitool.export.onnx import describe_outputs, export_networks
+    from alitool.runs import run_checkpoint
+
+    checkpoint = run_checkpoint(source)
+    out_dir = Path(options.out) if options.out else checkpoint.parent / "export"
+    report = ExportReport(out_dir)
+    sha = file_sha256(checkpoint)
+    encoder_path, decoder_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+
+    if not options.force and _up_to_date((encoder_path, decoder_path), sha):
+        log(f"{encoder_path} and {decoder_path.name} are already exported from {checkpoint} "
+            f"(sha256 {sha[:12]}); reusing them (--force exports again)")
+        report.reused = True
+        cfg = load_networks(checkpoint)[0]
+    else:
+        cfg, encoder, decoder = load_networks(checkpoint)
+        log(f"exporting {checkpoint} ({cfg.name}, sha256 {sha[:12]}) with the {options.exporter} ONNX exporter...")
+        pair = export_networks(encoder, decoder, meta_from_config(cfg, sha), out_dir, options.exporter, log)
+        report.parity = [pair.encoder_parity.line("encoder"), pair.decoder_parity.line("decoder")]
+        log(f"wrote {encoder_path}: images [{_dims(pair.meta.input_shape)}] -> {describe_outputs(encoder_path)}")
+        log(f"wrote {decoder_path}: z [batch, {pair.meta.latent_dim}] -> {describe_outputs(decoder_path)}")
+        log("metadata in both files (key 'alitool': image size, channels, value range, latent dim, config, "
+            "version, source sha256)")
+        for line in report.parity:
+            log(f"parity {line}")
+    report.files += [encoder_path, decoder_path]
+
+    int8_path = out_dir / "encoder.int8.onnx"
+    if options.int8:
+        from alitool.export.quantize import calibration_set, measure_fidelity, quantize_encoder
+
+        calibration, heldout = calibration_set(cfg, options.calib, options.data_dir)
+        log(f"quantising the encoder to INT8 (static QDQ, per-channel), calibrated on {calibration.source}...")
+        quantize_encoder(encoder_path, int8_path, calibration)
+        report.fidelity = measure_fidelity(encoder_path, int8_path, heldout)
+        log(f"wrote {int8_path}")
+        log(report.fidelity.line())
+        if report.fidelity.images and report.fidelity.cosine_mean < 0.99:
+            log("warning: INT8 z_mean cosine similarity below 0.99; try more calibration images (--calib 2000) "
+                "or use encoder.onnx (fp32)")
+        report.files.append(int8_path)
+
+    if options.trt:
+        _build_engines(out_dir, report, options, log)
+    return report
+
+
+def _build_engines(out_dir: Path, report: ExportReport, options: ExportOptions, log: Callable[[str], None]) -> None:
+    from alitool.export.tensorrt import build_engine, engine_name
+
+    ready = "; the ONNX files are ready to use with onnxruntime: " + ", ".join(str(f) for f in report.files)
+    plan = [("encoder", "int8" if options.int8 else ("fp16" if options.fp16 else "fp32")),
+            ("decoder", "fp16" if options.fp16 else "fp32")]
+    for graph, precision in plan:
+        onnx_file = out_dir / ("encoder.int8.onnx" if precision == "int8" else f"{graph}.onnx")
+        engine = out_dir / engine_name(graph, precision)
+        sidecar = build_engine(onnx_file, engine, precision, options.batch, ready=ready, log=log)
+        log(f"wrote {engine} and {engine.name}.json (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu_name']}, "
+            f"compute capability {sidecar['compute_capability']}, {precision}, batch 1..{options.batch})")
+        report.files.append(engine)
+
+
+def _up_to_date(paths: tuple[Path, ...], sha: str) -> bool:
+    from alitool.export.onnx import read_meta
+
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        return all(read_meta(p)[0].source_sha256 == sha for p in paths)
+    except UserError:
+        return False
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return ", ".join(["batch", *map(str, shape)])
+
