@@ -106,12 +106,16 @@ def format_table(table: list[tuple[str, dict[int, float]]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per backend and batch size")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads for PyTorch and ONNX Runtime alike (0: each library's default)")
     parser.add_argument("--fidelity-run", action="append", default=[], type=Path,
                         help="a trained run whose INT8 fidelity on real images to report (repeatable)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads); load before: {os.getloadavg()[0]:.2f}")
+          f"({torch.get_num_threads()} threads), onnxruntime threads: {args.threads or 'default'}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         table, svhn_fidelity = svhn_speed(Path(tmp), args.seconds, args.threads)
         print("\nEncoder (images -> z_mean, z_log_sigma, features), SVHN architecture (table 4), 3x32x32 inputs:\n")
@@ -121,7 +125,7 @@ def main() -> None:
             print(real_image_fidelity(run, Path(tmp)))
         if not args.fidelity_run:
             print("(no --fidelity-run given: INT8 fidelity on real images not measured)")
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

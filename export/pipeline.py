@@ -78,6 +78,8 @@ def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[
             log("warning: INT8 z_mean cosine similarity below 0.99; try more calibration images (--calib 2000) "
                 "or use encoder.onnx (fp32)")
         report.files.append(int8_path)
+    elif _up_to_date((int8_path,), sha):
+        report.files.append(int8_path)  # from an earlier `--int8` of this checkpoint: still valid, still there
 
     if options.trt:
         _build_engines(out_dir, report, options, log)

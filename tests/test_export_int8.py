@@ -66,6 +66,8 @@ def test_int8_file_is_static_symmetric_per_channel_qdq(int8_export):
     per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
                    and n.input[0] in inits and inits[n.input[0]].ndim == 4 and inits[n.input[1]].size > 1]
     assert per_channel, "conv weights should carry one scale per output channel"
+    # z only: the features taps would keep ONNX Runtime from fusing the last layers into int8 kernels
+    assert [o.name for o in model.graph.output] == ["z_mean", "z_log_sigma"]
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["alitool.precision"] == "int8" and "digits train split, 256" in meta["alitool.calibration"]
 
@@ -82,6 +84,8 @@ def test_int8_backend_encodes_and_decodes(int8_export, trained_run):
     assert z_mean_fidelity(zt, z8).cosine_mean > 0.95  # random inputs are off-distribution, so a loose bound
     np.testing.assert_allclose(z32, zt, rtol=1e-3, atol=1e-4)
     assert int8.decode(z8).shape == (40, 1, 8, 8)
+    with pytest.raises(UserError, match="has no 'features' output"):
+        int8.encode(images, kind="paper")
 
 
 def test_calibration_from_a_folder_and_npy(tmp_path):

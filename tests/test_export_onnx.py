@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,9 @@ def test_onnx_backend_refuses_files_without_metadata(tmp_path):
     cfg = load_config("digits", TINY_CONV)
     model = trained_like(cfg)
     path = tmp_path / "encoder.onnx"
-    torch.onnx.export(model.encoder, (torch.rand(2, 1, 8, 8),), str(path), dynamo=False, input_names=["images"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(model.encoder, (torch.rand(2, 1, 8, 8),), str(path), dynamo=False, input_names=["images"])
     with pytest.raises(UserError, match="without alitool metadata"):
         load_backend(path)
     (tmp_path / "broken.onnx").write_bytes(b"not a model")

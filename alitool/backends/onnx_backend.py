@@ -123,6 +123,9 @@ class OnnxBackend:
             raise UserError(f"{self.files['decoder'].parent}: no encoder.onnx next to the decoder; cannot encode")
         x = check_batch(images, self.meta.input_shape, "images")
         if kind == "paper":
+            if "features" not in self._outputs("encoder"):
+                raise UserError(f"{self.files['encoder'].name} has no 'features' output (the INT8 encoder carries z "
+                                f"only); use encoder.onnx for the paper's SVM features")
             return self.sessions["encoder"].run(["features"], {"images": x})[0]
         if kind == "mean" or not self.stochastic:
             return self.sessions["encoder"].run(["z_mean"], {"images": x})[0]

@@ -124,6 +124,7 @@ class TensorRTBackend:
         import torch
 
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.stream = torch.cuda.Stream(self.device)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self.contexts, self.info = {}, {}, {}
         for graph, file in files.items():
@@ -160,24 +161,24 @@ class TensorRTBackend:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
-        stream = torch.cuda.current_stream(self.device)
         results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
         step = self.max_batch(graph)
-        for start in range(0, len(array), step):
-            x = torch.from_numpy(array[start : start + step]).to(self.device)
-            x = x.to(_torch_dtype(engine.get_tensor_dtype(inputs[0]))).contiguous()
-            context.set_input_shape(inputs[0], tuple(x.shape))
-            context.set_tensor_address(inputs[0], x.data_ptr())
-            buffers = {}
-            for name in outputs:
-                dtype = _torch_dtype(engine.get_tensor_dtype(name))
-                buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device=self.device)
-                context.set_tensor_address(name, buffers[name].data_ptr())
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise UserError(f"{self.files[graph]}: TensorRT failed to run the engine")
-            stream.synchronize()
-            for name in outputs:
-                results[name].append(buffers[name].float().cpu().numpy())
+        # A stream of our own: TensorRT warns that the default stream costs extra synchronisation.
+        with torch.cuda.stream(self.stream):
+            for start in range(0, len(array), step):
+                x = torch.from_numpy(array[start : start + step]).to(self.device)
+                x = x.to(_torch_dtype(engine.get_tensor_dtype(inputs[0]))).contiguous()
+                context.set_input_shape(inputs[0], tuple(x.shape))
+                context.set_tensor_address(inputs[0], x.data_ptr())
+                buffers = {}
+                for name in outputs:
+                    dtype = _torch_dtype(engine.get_tensor_dtype(name))
+                    buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device=self.device)
+                    context.set_tensor_address(name, buffers[name].data_ptr())
+                if not context.execute_async_v3(self.stream.cuda_stream):
+                    raise UserError(f"{self.files[graph]}: TensorRT failed to run the engine")
+                for name in outputs:
+                    results[name].append(buffers[name].float().cpu().numpy())  # .cpu() waits for the stream
         return {n: np.concatenate(parts) if parts else np.zeros((0,), np.float32) for n, parts in results.items()}
 
     def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
@@ -187,6 +188,9 @@ class TensorRTBackend:
         x = check_batch(images, self.meta.input_shape, "images")
         out = self._run("encoder", x)
         if kind == "paper":
+            if "features" not in out:
+                raise UserError(f"{self.files['encoder'].name} has no 'features' output (INT8 engines carry z only); "
+                                f"use the fp32 or fp16 engine for the paper's SVM features")
             return out["features"]
         if kind == "mean" or "z_log_sigma" not in out:
             return out["z_mean"]
