@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -190,7 +189,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 
 def cpu_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 0):
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -198,6 +197,15 @@ def cpu_session(model: onnx.ModelProto | bytes | str | Path, threads: int = 0):
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
                                 providers=["CPUExecutionProvider"])
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("onnxruntime is not installed (the export checks its files with it): "
+                        "pip install 'alitool[cpu]' or 'alitool[gpu]'") from None
+    return onnxruntime
 
 
 def fresh_inputs(meta: ModelMeta, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -304,9 +312,3 @@ def describe_outputs(model_path: Path) -> str:
         dims = [d.dim_param or str(d.dim_value) for d in out.type.tensor_type.shape.dim]
         parts.append(f"{out.name} [{', '.join(dims)}]")
     return ", ".join(parts)
-
-
-def metadata_json(model_path: Path) -> str:
-    """The metadata keys of an ONNX file (for `alitool export --show`-like printing and tests)."""
-    _, values = read_meta(model_path)
-    return json.dumps({k: v for k, v in values.items() if k != META_KEY}, indent=2, sort_keys=True)

@@ -16,10 +16,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from alitool.backends import ModelMeta
 from alitool.config import Config
 from alitool.errors import UserError
-from alitool.export.onnx import ENCODER_INPUT, cpu_session, read_meta, save_model, set_metadata
+from alitool.export.onnx import (
+    ENCODER_INPUT,
+    cpu_session,
+    import_onnxruntime,
+    read_meta,
+    save_model,
+    set_metadata,
+)
 
 DEFAULT_CALIBRATION_IMAGES = 512
 HELDOUT_IMAGES = 512
@@ -166,6 +172,7 @@ def quantize_encoder(fp32_path: Path, int8_path: Path, calibration: ImageSet) ->
     hidden layers for them kept ONNX Runtime from fusing the last layers into int8 kernels (SVHN architecture,
     one thread: 1,070 images per CPU-second with ``features``, 2,570 without). The fp32 file keeps them.
     """
+    import_onnxruntime()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     meta, values = read_meta(fp32_path)
@@ -286,7 +293,3 @@ def measure_fidelity(fp32_path: Path, int8_path: Path, heldout: ImageSet, thread
             for i in range(0, len(heldout.images), 256)
         ]))
     return z_mean_fidelity(outputs[0], outputs[1], heldout.source)
-
-
-def int8_meta(path: Path) -> ModelMeta:
-    return read_meta(path)[0]
