@@ -81,6 +81,9 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: int,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if major == 10 and precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default on Ampere and later (10-bit mantissa): an "fp32" engine should match PyTorch.
+        config.clear_flag(trt.BuilderFlag.TF32)
     tensor = network.get_input(0)
     rest = tuple(tensor.shape)[1:]
     shapes = {"min": (1, *rest), "opt": (batch, *rest), "max": (batch, *rest)}
