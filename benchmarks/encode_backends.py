@@ -81,6 +81,9 @@ def svhn_speed(workdir: Path, seconds: float, threads: int) -> tuple[list[tuple[
                 backends.append((f"TensorRT {precision} (NumPy in/out)", load_backend(engine)))
         except Exception as err:  # report it and go on with the CPU rows
             print(f"TensorRT skipped: {err}", file=sys.stderr)
+    for name, backend in backends:
+        if hasattr(backend, "describe"):
+            print(f"{name}: {backend.describe()}")
     table = []
     for name, backend in backends:
         table.append((name, {b: throughput(backend.encode, images, b, seconds) for b in BATCHES}))

@@ -8,6 +8,7 @@ onnxruntime build has: TensorRT EP, then CUDA EP, then CPU. What ONNX Runtime ac
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -88,6 +89,9 @@ class OnnxBackend:
         base = metas.get("encoder") or metas["decoder"]
         self.meta = replace(base, has_encoder="encoder" in metas, has_decoder="decoder" in metas)
         self.providers = next(iter(self.sessions.values())).get_providers()
+        if any(p not in self.providers for p in self.providers_requested):
+            # e.g. onnxruntime-gpu on a machine without a usable CUDA device: it silently runs on CPU.
+            logging.getLogger("alitool").warning("note: %s", self.describe())
         self.stochastic = "encoder" in self.sessions and "z_log_sigma" in self._outputs("encoder")
         self.rng = np.random.default_rng()
 
