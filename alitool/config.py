@@ -98,6 +98,17 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SemiSupervisedConfig:
+    """The K+1 semi-supervised game (paper section 4.3; Salimans et al. 2016). ``labels`` > 0 switches it on:
+    that many training examples keep their labels (balanced over ``classes``, drawn with train.seed), and
+    D(x, z)'s last row outputs ``classes`` + 1 logits (alitool/trainers/semi.py)."""
+
+    labels: int = 0  # 0: the plain ALI game
+    classes: int = 10  # K
+    labelled_batch_size: int = 0  # labelled pairs per step; 0: train.batch_size
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 100
     batch_size: int = 100
@@ -115,6 +126,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool = False  # NHWC memory format for the conv nets
     compile: bool = False  # torch.compile the three networks
+    semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,10 @@ class Position:
 
 
 def _default_game(cfg: Config, device: torch.device):
+    if cfg.train.semi_supervised.labels:  # the K+1 semi-supervised game (paper section 4.3)
+        from alitool.trainers.semi import SemiSupervisedGame
+
+        return SemiSupervisedGame(cfg, device)
     from alitool.trainers.ali import ALIGame
 
     return ALIGame(cfg, device)
@@ -87,6 +91,10 @@ class Trainer:
             raise UserError(f"batch size {cfg.train.batch_size} does not split evenly over {self.dist.world_size} "
                             "processes")
         self.game = (game_factory or _default_game)(cfg, self.device)
+        # A game may refine the config (the K+1 game widens D's last row): the checkpoint describes its networks.
+        self.cfg = getattr(self.game, "cfg", cfg)
+        if hasattr(self.game, "attach_data"):  # games that need more than x (the K+1 game's labelled subset)
+            self.game.attach_data(self.train_data)
         if self.dist.enabled:
             self.game.distribute()  # DDP broadcasts rank 0's initial weights to every process
             if not self.dist.is_main:  # independent z, eps and dropout noise per process
@@ -148,7 +156,7 @@ class Trainer:
             self.checkpoint_path, cfg=self.cfg, models=self.game.modules(), optimizers=self.game.optimizers(),
             step=self.pos.step, epoch=self.pos.epoch,
             extra={"batch": self.pos.batch, "metrics": self.metrics, "torch_rng": torch.get_rng_state(),
-                   "game": self.game.name},
+                   "game": self.game.name, **(self.game.extra_state() if hasattr(self.game, "extra_state") else {})},
         )
 
     def write_figures(self, epoch_label: str) -> float:
