@@ -1,0 +1,208 @@
+"""The L2-SVM protocol (paper section 4.3) on tiny real data: balanced labelled sets, a validation split disjoint
+from them and from test, C selection, the folded standardisation, and `alitool eval svm` end to end on a tiny
+trained model through the PyTorch and ONNX backends."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alitool.backends import load_backend
+from alitool.cli import main
+from alitool.config import load_config, with_train
+from alitool.data import load_dataset
+from alitool.errors import UserError
+from alitool.evaluation.features import (
+    PcaFeatures,
+    check_shapes,
+    load_pool_and_test,
+    model_features,
+    raw_pixel_features,
+)
+from alitool.evaluation.svm import SvmResult, evaluate_features, fit_standardised_svm, format_table, make_splits
+from alitool.models import feature_dim
+from alitool.trainers.loop import Trainer
+
+
+def _labels(per_class=40, classes=5, seed=0):
+    return np.repeat(np.arange(classes), per_class)[np.random.default_rng(seed).permutation(per_class * classes)]
+
+
+def test_splits_are_balanced_disjoint_and_seeded():
+    labels = _labels()
+    splits = make_splits(labels, n_labels=20, repeats=6, val_size=50, seed=1)
+    assert len(splits.validation) == 50 and len(splits.labelled_sets) == 6
+    for labelled in splits.labelled_sets:
+        assert len(np.unique(labelled)) == 20
+        assert np.bincount(labels[labelled], minlength=5).tolist() == [4] * 5  # balanced
+        assert not set(labelled) & set(splits.validation)  # validation never trains an SVM
+    assert len({tuple(s) for s in splits.labelled_sets}) == 6  # a different set per repeat
+    again = make_splits(labels, n_labels=20, repeats=6, val_size=50, seed=1)
+    assert np.array_equal(again.validation, splits.validation)
+    assert all(np.array_equal(a, b) for a, b in zip(again.labelled_sets, splits.labelled_sets, strict=True))
+    other = make_splits(labels, n_labels=20, repeats=6, val_size=50, seed=2)
+    assert not np.array_equal(other.validation, splits.validation)
+    assert np.array_equal(splits.needed(), np.unique(np.concatenate([splits.validation, *splits.labelled_sets])))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"n_labels": 21}, "multiple of 5"),
+    ({"val_size": 190}, "too few"),
+    ({"n_labels": 200, "val_size": 10}, "too few"),
+    ({"n_labels": 150, "val_size": 40}, "examples left"),
+    ({"repeats": 0}, "must be positive"),
+])
+def test_impossible_splits_fail_with_one_line(kwargs, message):
+    args = {"n_labels": 20, "repeats": 2, "val_size": 50, "seed": 0} | kwargs
+    with pytest.raises(UserError, match=message):
+        make_splits(_labels(), **args)
+
+
+def test_pool_and_test_are_different_splits():
+    cfg = load_config("digits")
+    pool, test = load_pool_and_test(cfg)
+    assert (pool.split, test.split) == ("train", "test") and len(pool) + len(test) == 1797
+    # digits' test split is a fixed, stratified subset: none of its rows is a training row
+    train_rows = {row.tobytes() for row in load_dataset(cfg, "train").x}
+    leaked = sum(row.tobytes() in train_rows for row in test.x)
+    assert leaked <= 3  # the data holds a few byte-identical duplicate images, not the same examples
+
+
+def test_standardisation_folded_into_the_weights_matches_a_scaled_pipeline():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 7)) * np.array([1, 10, 100, 0.1, 1, 5, 3]) + 50
+    x[:, 4] = 2.0  # a constant feature
+    y = np.repeat(np.arange(3), 20)
+    x[y == 1, 0] += 2
+    folded, converged = fit_standardised_svm(x, y, c=0.5)
+    reference = make_pipeline(StandardScaler(), LinearSVC(C=0.5, dual="auto", max_iter=2000, random_state=0))
+    reference.fit(x, y)
+    assert converged
+    np.testing.assert_allclose(folded.decision_function(x), reference.decision_function(x), rtol=1e-5, atol=1e-6)
+
+
+def _noisy_blobs(n, seed, dims=40):
+    """Two classes apart along one axis, buried in ``dims`` - 1 noise dimensions: C matters with 20 labels."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    x = rng.normal(size=(n, dims))
+    x[:, 0] += np.where(y == 1, 1.5, -1.5)
+    return x, y
+
+
+def test_c_is_chosen_on_validation_error():
+    x, y = _noisy_blobs(300, seed=0)
+    x_test, y_test = _noisy_blobs(200, seed=1)
+    splits = make_splits(y, n_labels=20, repeats=3, val_size=150, seed=0)
+    grid = (1e-4, 1e-2, 1.0, 100.0)
+    res = evaluate_features("blobs", x[splits.needed()], y, x_test, y_test, splits, c_grid=grid)
+    val, distinct = splits.validation, []
+    for r, labelled in enumerate(splits.labelled_sets):
+        # the validation error of every C, computed here independently of the protocol code
+        models = [fit_standardised_svm(x[labelled], y[labelled], c)[0] for c in grid]
+        errors = [float((m.predict(x[val]) != y[val]).mean()) for m in models]
+        distinct.append(len(set(errors)))
+        best = int(np.argmin(errors))  # the first minimum: ties keep the smaller C
+        assert res.chosen_c[r] == grid[best] and res.val_errors[r] == pytest.approx(errors[best])
+        assert res.test_errors[r] == pytest.approx(float((models[best].predict(x_test) != y_test).mean()))
+    assert max(distinct) > 1  # the grid really disagreed somewhere: the choice was not a formality
+    assert 0.0 < np.mean(res.test_errors) < 0.45  # it learned something, imperfectly
+
+
+def test_c_ties_keep_the_smallest_c():
+    x, y = _noisy_blobs(200, seed=2, dims=2)
+    x[:, 0] += np.where(y == 1, 20.0, -20.0)  # far apart: every C in the grid is perfect on validation
+    splits = make_splits(y, n_labels=20, repeats=2, val_size=100, seed=0)
+    res = evaluate_features("far", x[splits.needed()], y, x[:10], y[:10], splits, c_grid=(0.1, 1.0, 10.0))
+    assert res.val_errors == [0.0, 0.0] and res.chosen_c == [0.1, 0.1]
+
+
+def test_result_statistics_and_table():
+    res = SvmResult("x", 3, test_errors=[0.1, 0.2, 0.3], chosen_c=[1, 1, 0.1], val_errors=[0.1, 0.1, 0.1])
+    assert res.mean == pytest.approx(0.2) and res.std == pytest.approx(0.1)  # sample std over repeats
+    table = format_table([res], "title")
+    assert "20.00 +- 10.00" in table and table.splitlines()[0] == "title"
+
+
+def test_baseline_features():
+    images = (np.arange(2 * 1 * 8 * 8) % 256).astype(np.uint8).reshape(2, 1, 8, 8)
+    raw = raw_pixel_features(images)
+    assert raw.shape == (2, 64) and raw.max() <= 1.0 and raw[0, 5] == pytest.approx(5 / 255)
+    pool = load_dataset(load_config("digits"), "train").x
+    pca = PcaFeatures(4, pool)
+    out = pca(pool[:10])
+    assert out.shape == (10, 4) and np.isfinite(out).all()
+    with pytest.raises(UserError, match="not possible"):
+        PcaFeatures(65, pool)
+
+
+# -- end to end -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from conftest import TINY_DIGITS
+
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("svm") / "run"
+    trainer = Trainer(with_train(load_config("digits", TINY_DIGITS), max_steps=2), run, log=lambda _: None)
+    trainer.start_fresh()
+    trainer.fit()
+    return run
+
+
+ARGS = ["--labels", "50", "--val-size", "200", "--repeats", "2", "--c-grid", "0.01,1", "--quiet"]
+
+
+def test_eval_svm_end_to_end(tiny_run, tmp_path):
+    out = tmp_path / "svm.json"
+    result = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["results"]}
+    cfg = load_config("digits", __import__("conftest").TINY_DIGITS)
+    assert rows["ALI (paper features)"]["dim"] == feature_dim(cfg)
+    assert rows["raw pixels"]["dim"] == 64 and rows["PCA (4 components)"]["dim"] == 4
+    for row in rows.values():
+        assert len(row["test_errors"]) == 2 and all(0.0 <= e <= 1.0 for e in row["test_errors"])
+        assert set(row["chosen_c"]) <= {0.01, 1.0}
+    assert report["pool_split"] == "train" and report["test_size"] == 359 and report["labels"] == 50
+    assert "ALI (paper features)" in result.output and f"report: {out}" in result.output
+    # the default report path sits in the run folder
+    default = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--no-baselines", "--features", "mean"])
+    assert default.exit_code == 0, default.output
+    assert json.loads((tiny_run / "eval" / "svm_digits_mean.json").read_text())["results"][0]["dim"] == 4
+
+
+def test_eval_svm_through_onnx_gives_the_checkpoints_features(tiny_run):
+    pytest.importorskip("onnxruntime")
+    from alitool.export.pipeline import ExportOptions, export_checkpoint
+
+    export_checkpoint(tiny_run, ExportOptions(exporter="torchscript"), log=lambda _: None)
+    images = load_dataset(load_config("digits"), "test").x[:50]
+    torch_f = model_features(load_backend(tiny_run / "checkpoint.pt"), images, "paper")
+    onnx_f = model_features(load_backend(tiny_run / "export" / "encoder.onnx"), images, "paper")
+    np.testing.assert_allclose(onnx_f, torch_f, rtol=1e-4, atol=1e-5)
+    result = CliRunner().invoke(main, ["eval", "svm", str(tiny_run / "export" / "encoder.onnx"), *ARGS,
+                                       "--no-baselines", "--out", str(tiny_run / "onnx.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tiny_run / "onnx.json").read_text())["backend"] == "onnxruntime"
+
+
+def test_eval_svm_bad_inputs_are_one_line(tiny_run, tmp_path):
+    missing = CliRunner().invoke(main, ["eval", "svm", str(tmp_path / "nope"), *ARGS])
+    assert missing.exit_code == 2 and "no such model" in missing.output
+    other = tmp_path / "digits16.yaml"
+    other.write_text("data: {name: digits, image_size: 16, channels: 1}\n")
+    wrong = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), "--dataset", str(other), *ARGS])
+    assert wrong.exit_code == 2 and "shape" in wrong.output and "Traceback" not in wrong.output
+    with pytest.raises(UserError, match=r"inputs of shape \(1, 8, 8\) but mnist images are \(1, 28, 28\)"):
+        check_shapes(np.zeros((2, 1, 28, 28), np.uint8), (1, 8, 8), "model.pt", "mnist")
+    grid = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS[:-3], "--c-grid", "a,b"])
+    assert grid.exit_code == 2 and "--c-grid" in grid.output
