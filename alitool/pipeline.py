@@ -407,6 +407,18 @@ def stderr_line(text: str) -> None:
     tqdm.write(text, file=sys.stderr)  # above a progress bar, when there is one
 
 
+def call_model(fn, *args, **kwargs) -> np.ndarray:
+    """A backend call (``encode`` / ``decode``) whose runtime errors (a shape the engine was not built for, a
+    provider failure, out of memory) become one line instead of a traceback; the caller cleans up."""
+    try:
+        return np.asarray(fn(*args, **kwargs))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch, onnxruntime and tensorrt raise many types
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"the model failed: {type(err).__name__}: {reason}") from None
+
+
 def preprocess_for(backend, max_pixels: int | None = None, jpeg_draft: bool = True) -> Preprocess:
     """The model's own input recipe; refuses models that do not take images (the 2-D toy experiment)."""
     meta = backend.meta
@@ -449,7 +461,7 @@ def encode_to_npy(backend, sources: Iterable[str], out: str | Path, *, kind: str
     try:
         for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
                                    stride=stride, max_pixels=max_pixels, jpeg_draft=jpeg_draft):
-            feats = np.asarray(backend.encode(batch.images, kind=kind))[: batch.count]
+            feats = call_model(backend.encode, batch.images, kind=kind)[: batch.count]
             if npy is None:
                 npy = NpyRowWriter(out, feats.shape[1] if feats.ndim == 2 else 0)
             npy.append(feats)

@@ -183,3 +183,13 @@ def test_interrupted_run_leaves_previous_output_untouched(tmp_path, tiny_model):
     assert (tmp_path / "feats.index.csv").read_text() == "previous index"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.index.csv", "feats.npy", "long.avi"]
     assert os.path.getsize(clip) > 0
+
+
+def test_a_runtime_error_in_the_model_is_one_line():
+    from alitool.errors import UserError
+    from alitool.pipeline import call_model
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with pytest.raises(UserError, match=r"^the model failed: RuntimeError: .*channels") as err:
+        call_model(conv, torch.zeros(1, 5, 8, 8))  # a real shape error, raised by torch itself
+    assert "\n" not in str(err.value)

@@ -19,7 +19,7 @@ from alitool.io import BadInput
 from alitool.io.images import Preprocess, load_image, prepare_frame
 from alitool.io.sources import parse_frame_ref
 from alitool.io.video import VIDEO_EXTENSIONS, AtomicVideoWriter, read_frame
-from alitool.pipeline import RunReport, model_batches, preprocess_for
+from alitool.pipeline import RunReport, call_model, model_batches, preprocess_for
 
 PICTURE_EXTENSIONS = (".png",)
 VIDEO_HEIGHT = 256  # side-by-side videos are enlarged (nearest neighbour) to about this height
@@ -38,7 +38,7 @@ def run_fixed(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
         part = x[start : start + batch_size]
         padded = np.zeros((batch_size, *x.shape[1:]), dtype=np.float32)
         padded[: len(part)] = part
-        outputs.append(np.asarray(fn(padded))[: len(part)])
+        outputs.append(call_model(fn, padded)[: len(part)])
     return np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.float32)
 
 
@@ -75,10 +75,9 @@ def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: 
     originals, recons = [], []
     for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers, stride=stride,
                                limit=n):
-        z = backend.encode(batch.images, kind="mean")
-        x_rec = backend.decode(z)
+        x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind="mean"))
         originals.append(batch.images[: batch.count].copy())
-        recons.append(np.asarray(x_rec)[: batch.count])
+        recons.append(x_rec[: batch.count])
     if not originals:
         raise UserError(f"nothing to reconstruct: no usable image or frame ({len(report.skipped)} skipped)")
     vr = backend.meta.value_range
@@ -104,7 +103,7 @@ def reconstruction_video(backend, sources: Iterable[str], out: str | Path, *, ba
     try:
         for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
                                    stride=stride):
-            x_rec = np.asarray(backend.decode(backend.encode(batch.images, kind="mean")))
+            x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind="mean"))
             for i in range(batch.count):
                 pair = to_unit(np.stack([batch.images[i], x_rec[i]]), vr)
                 tile = make_grid(pair, ncols=2)
