@@ -69,11 +69,13 @@ def doctor() -> None:
 
 # Each area's commands live in alitool/commands/<area>.py; register them here, one line each.
 from alitool.commands.eval import eval_group  # noqa: E402
+from alitool.commands.experiment import experiment  # noqa: E402
 from alitool.commands.export import export  # noqa: E402
 from alitool.commands.run import encode, interpolate, reconstruct, sample  # noqa: E402
 from alitool.commands.train import train  # noqa: E402
 
 main.add_command(train)
+main.add_command(experiment)
 main.add_command(eval_group)
 main.add_command(export)
 main.add_command(encode)

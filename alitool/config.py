@@ -78,7 +78,11 @@ class ModelConfig:
     # reparametrisation trick (paper section 3). "deterministic" makes it output mu only (BiGAN).
     encoder_output: str = "gaussian"
     batch_norm_momentum: float = 0.05  # official code
-    init_std: float = 0.01  # N(0, 0.01) weights, zero biases (official code)
+    init_std: float = 0.01  # N(0, 0.01) weights, zero biases (official code); 0: PyTorch's default init
+    # The 2-D experiment's encoder input (paper section 4.5): x concatenated with this many N(0, 1) noise values.
+    encoder_noise_dim: int = 0
+    # BigBiGAN's unary scores: D also scores x alone and z alone, and each score gets the loss (docs/mixture.md).
+    disc_unary: bool = False
     encoder: tuple[Layer, ...] = ()
     decoder: tuple[Layer, ...] = ()
     disc_x: tuple[Layer, ...] = ()
@@ -121,6 +125,10 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: once per epoch (and at the end) ...
     checkpoint_every_minutes: float = 5.0  # ... and at least this often, so a kill loses little work
     sample_grid: int = 64  # images in each epoch's sample / reconstruction grid
+    # "simultaneous": one forward graph, D and G/E step together (official code); "alternating": D steps first,
+    # then G/E play against the updated D (docs/mixture.md measures the difference).
+    update: str = "simultaneous"
+    lr_schedule: str = "constant"  # constant | linear (decays to 0 at the last step)
     # Speed switches (benchmarks/train_step.py measures them). "auto": bf16 autocast on CUDA GPUs that support
     # it, fp32 elsewhere (on CPU, bf16 is a measured opt-in, see benchmarks/RESULTS.md).
     precision: str = "auto"  # auto | fp32 | bf16

@@ -129,7 +129,11 @@ class Encoder(nn.Module):
         self.stochastic = m.encoder_output == "gaussian"
         shape = data_shape(cfg)
         in_width = shape[0] if _is_conv(m.encoder) else math.prod(shape)
-        self.stack = LayerStack(m.encoder, in_width, m, last_bias=True)
+        if m.encoder_noise_dim and _is_conv(m.encoder):
+            raise UserError("model.encoder_noise_dim needs a linear (MLP) encoder table; the conv tables have none")
+        self.stack = LayerStack(m.encoder, in_width + m.encoder_noise_dim, m, last_bias=True)
+        if m.encoder_noise_dim:
+            self.stack = NoiseInput(self.stack, m.encoder_noise_dim)
         expected = m.latent_dim * (2 if self.stochastic else 1)
         if self.stack.out_width != expected:
             raise UserError(
@@ -149,7 +153,10 @@ class Encoder(nn.Module):
         return mu, log_sigma
 
     def sample(self, x: Tensor) -> Tensor:
-        """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation)."""
+        """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation); an encoder with
+        noise inputs draws fresh noise, also in eval mode."""
+        if isinstance(self.stack, NoiseInput):
+            return self.stack(x, noise=torch.randn(x.shape[0], self.stack.noise_dim, device=x.device))
         return reparametrize(*self(x))
 
     def features(self, x: Tensor) -> Tensor:
@@ -158,6 +165,29 @@ class Encoder(nn.Module):
         taps: list[Tensor] = []
         self.stack(x, taps)
         return torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
+
+
+class NoiseInput(nn.Module):
+    """The paper's 2-D encoder (section 4.5): x concatenated with ``noise_dim`` N(0, 1) inputs, then the table.
+
+    Like dropout, the noise is drawn in training mode and is zero in eval mode, so an exported or evaluated
+    encoder is a deterministic function of x (its "z_mean" is G_z(x, 0)); ``Encoder.sample`` passes fresh noise
+    explicitly to draw from q(z | x) in either mode.
+    """
+
+    def __init__(self, stack: LayerStack, noise_dim: int):
+        super().__init__()
+        self.inner = stack
+        self.noise_dim = noise_dim
+        self.out_width = stack.out_width
+
+    def forward(self, x: Tensor, taps: list[Tensor] | None = None, noise: Tensor | None = None) -> Tensor:
+        x = x.flatten(1)
+        if noise is None:
+            noise = x.new_zeros(x.shape[0], self.noise_dim)
+            if self.training:
+                noise = torch.randn_like(noise)
+        return self.inner(torch.cat([x, noise], dim=1), taps)
 
 
 def reparametrize(mu: Tensor, log_sigma: Tensor | None) -> Tensor:
@@ -228,12 +258,23 @@ class Discriminator(nn.Module):
         joint_width = self.x_stack.out_width + self.z_stack.out_width
         self.xz_stack = LayerStack(m.disc_xz, joint_width, m, last_bias=True)
         self.out_width = self.xz_stack.out_width
+        # BigBiGAN's unary scores s_x and s_z (Donahue & Simonyan 2019), read off D(x)'s and D(z)'s features.
+        self.unary = m.disc_unary
+        if self.unary:
+            if self.out_width != 1:
+                raise UserError("model.disc_unary needs a single-logit D(x, z) (its last row has 1 channel)")
+            if not m.disc_x or not m.disc_z:
+                raise UserError("model.disc_unary needs D(x) and D(z) tables to read the unary scores from")
+            self.x_score = nn.Linear(self.x_stack.out_width, 1)
+            self.z_score = nn.Linear(self.z_stack.out_width, 1)
         if len(shape) == 3 and _is_conv(m.disc_x) and _spatial_size(m.disc_x, shape[1]) != 1:
             side = _spatial_size(m.disc_x, shape[1])
             raise UserError(f"D(x) table maps {shape[1]}x{shape[1]} images to {side}x{side}; expected 1x1")
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        """Logits: [N] for the ALI game, [N, K+1] for a multi-logit head."""
+    def forward(self, x: Tensor, z: Tensor, terms: bool = False) -> Tensor | tuple[Tensor, ...]:
+        """Logits: [N] for the ALI game, [N, K+1] for a multi-logit head. With unary scores, their sum
+        s_xz + s_x + s_z (BigBiGAN's total score). ``terms=True`` returns the score terms for the loss:
+        (s_xz,) or, with model.disc_unary, (s_xz, s_x, s_z)."""
         hx = self.x_stack(x)
         hz = self.z_stack(z[:, :, None, None] if self.conv else z)
         if self.conv:
@@ -242,7 +283,11 @@ class Discriminator(nn.Module):
         else:
             hx, hz = hx.flatten(1), hz.flatten(1)
         out = self.xz_stack(torch.cat([hx, hz], dim=1)).flatten(1)
-        return out.squeeze(1) if out.shape[1] == 1 else out
+        joint = out.squeeze(1) if out.shape[1] == 1 else out
+        if not self.unary:
+            return (joint,) if terms else joint
+        scores = (joint, self.x_score(hx.flatten(1)).squeeze(1), self.z_score(hz.flatten(1)).squeeze(1))
+        return scores if terms else scores[0] + scores[1] + scores[2]
 
 
 class ALI(nn.Module):
@@ -261,7 +306,14 @@ class ALI(nn.Module):
 
 
 def init_weights(module: nn.Module, std: float) -> None:
-    """N(0, std) weights and zero biases (official code); batch norm starts as the identity."""
+    """N(0, std) weights and zero biases (official code); batch norm starts as the identity.
+
+    ``std`` 0 keeps PyTorch's default initialisation (uniform weights and biases scaled by fan-in). The small
+    MLPs of the 2-D experiment need it: with zero biases and no batch norm a ReLU net is positively homogeneous,
+    G(a z) = a G(z), and its samples start as rays through the origin.
+    """
+    if std == 0:
+        return
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             nn.init.normal_(m.weight, 0.0, std)

@@ -7,6 +7,10 @@ gradient of its loss only, the encoder and decoder the gradient of theirs only. 
 together. So the D update never moves G_x or G_z, the G update never moves D, and the forward pass is paid once.
 Restricting ``backward`` (rather than calling ``autograd.grad``) keeps DistributedDataParallel's gradient
 all-reduce hooks working, so the same step runs in one process or many.
+
+``train.update: alternating`` is the switch for the classic alternative (D steps first, then G_x and G_z play
+against the updated D); with ``model.disc_unary`` every score term of D gets the loss (BigBiGAN). The 2-D
+experiment measures both (docs/mixture.md); the paper configs keep the official code's simultaneous update.
 """
 
 from __future__ import annotations
@@ -15,9 +19,25 @@ import torch
 from torch import Tensor, nn
 
 from alitool.config import Config
+from alitool.errors import UserError
 from alitool.models import ALI, reparametrize
 from alitool.trainers.losses import discriminator_loss, generator_loss
 from alitool.trainers.speed import autocast, prepare_input, prepare_module
+
+UPDATES = ("simultaneous", "alternating")
+
+
+def check_update(update: str) -> str:
+    if update not in UPDATES:
+        raise UserError(f"train.update {update!r}: expected one of {', '.join(UPDATES)}")
+    return update
+
+
+def _round_metrics(loss_d: Tensor, loss_g: Tensor, real: tuple[Tensor, ...], fake: tuple[Tensor, ...]):
+    """What the loop logs; d_real / d_fake are D's probabilities from its total score (the sum of its terms)."""
+    real_logit, fake_logit = sum(real), sum(fake)
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+            "d_real": torch.sigmoid(real_logit).mean().detach(), "d_fake": torch.sigmoid(fake_logit).mean().detach()}
 
 
 class ALIGame:
@@ -71,11 +91,11 @@ class ALIGame:
             z = torch.randn(n, self.cfg.model.latent_dim, device=x.device)  # p(z) = N(0, I)
             z_hat = reparametrize(*self.encoder(x))  # z_hat ~ q(z | x)
             x_tilde = self.decoder(z)  # x_tilde ~ p(x | z)
-            logits = self.discriminator(torch.cat([x, x_tilde.to(x.dtype)]), torch.cat([z_hat, z.to(z_hat.dtype)]))
-        logits = logits.float()
-        real, fake = logits[:n], logits[n:]
-        loss_d = discriminator_loss(real, fake)
-        loss_g = generator_loss(real, fake)
+        if check_update(self.cfg.train.update) == "alternating":
+            return self._alternating_step(x, z, z_hat, x_tilde)
+        real, fake = self._scores(x, z, z_hat, x_tilde)
+        loss_d = sum(discriminator_loss(r, f) for r, f in zip(real, fake, strict=True))
+        loss_g = sum(generator_loss(r, f) for r, f in zip(real, fake, strict=True))
 
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -83,8 +103,31 @@ class ALIGame:
         loss_g.backward(inputs=self.g_params)
         self.opt_d.step()
         self.opt_g.step()
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
-                "d_real": torch.sigmoid(real).mean().detach(), "d_fake": torch.sigmoid(fake).mean().detach()}
+        return _round_metrics(loss_d, loss_g, real, fake)
+
+    def _scores(self, x: Tensor, z: Tensor, z_hat: Tensor, x_tilde: Tensor) -> tuple[tuple[Tensor, ...], ...]:
+        """D's score terms on the q pairs (x, z_hat) and on the p pairs (x_tilde, z), one batch through D:
+        (s_xz,) each, or (s_xz, s_x, s_z) with BigBiGAN's unary scores (each term gets the loss)."""
+        n = x.shape[0]
+        with autocast(self.cfg.train.precision, self.device):
+            terms = self.discriminator(torch.cat([x, x_tilde.to(x.dtype)]), torch.cat([z_hat, z.to(z_hat.dtype)]),
+                                       terms=True)
+        terms = [t.float() for t in terms]
+        return tuple(t[:n] for t in terms), tuple(t[n:] for t in terms)
+
+    def _alternating_step(self, x: Tensor, z: Tensor, z_hat: Tensor, x_tilde: Tensor) -> dict[str, Tensor]:
+        """D steps on detached pairs first; G_x and G_z then step against the updated D (a second D pass)."""
+        real, fake = self._scores(x, z, z_hat.detach(), x_tilde.detach())
+        loss_d = sum(discriminator_loss(r, f) for r, f in zip(real, fake, strict=True))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward(inputs=self.d_params)
+        self.opt_d.step()
+        real, fake = self._scores(x, z, z_hat, x_tilde)
+        loss_g = sum(generator_loss(r, f) for r, f in zip(real, fake, strict=True))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward(inputs=self.g_params)
+        self.opt_g.step()
+        return _round_metrics(loss_d, loss_g, real, fake)
 
     # -- what the loop shows --------------------------------------------------------------------------
     @torch.no_grad()

@@ -57,6 +57,21 @@ class Position:
     batch: int = 0
 
 
+LR_SCHEDULES = ("constant", "linear")
+
+
+def schedule_learning_rates(game, schedule: str, step: int, total: int) -> None:
+    """``linear``: every optimizer's learning rate falls from its initial value to 0 at the end of the run.
+    Computed from the step alone (the initial value rides in the optimizer state as ``initial_lr``), so a
+    resumed run continues the same schedule."""
+    if schedule != "linear":
+        return
+    for opt in game.optimizers().values():
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * (1.0 - step / total)
+
+
 def _default_game(cfg: Config, device: torch.device):
     if cfg.train.semi_supervised.labels:  # the K+1 semi-supervised game (paper section 4.3)
         from alitool.trainers.semi import SemiSupervisedGame
@@ -187,6 +202,8 @@ class Trainer:
         if self.pos.step >= total:
             self.log(f"nothing to do: step {self.pos.step} already reached the target of {total} steps")
             return self.pos
+        if t.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"train.lr_schedule {t.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
         self.game.train(True)
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
                    dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)
@@ -199,6 +216,7 @@ class Trainer:
                 for index in batches:
                     mine = index[self.dist.rank :: self.dist.world_size]  # this process's share of the batch
                     x = self.train_data.float_batch(mine).to(self.device, non_blocking=True)
+                    schedule_learning_rates(self.game, t.lr_schedule, self.pos.step, total)
                     values = {k: float(v) for k, v in average_scalars(self.game.step(x), self.dist).items()}
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:

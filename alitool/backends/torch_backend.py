@@ -11,6 +11,7 @@ from alitool import __version__
 from alitool.backends import ModelMeta, check_kind
 from alitool.checkpoint import file_sha256, load_checkpoint
 from alitool.config import Config, to_dict
+from alitool.errors import UserError
 from alitool.models import Decoder, Encoder, feature_dim
 from alitool.runs import run_checkpoint
 
@@ -27,6 +28,10 @@ def load_networks(checkpoint: str | Path, device: str | torch.device = "cpu") ->
     """Encoder and decoder of a checkpoint, in eval mode, on ``device``."""
     payload = load_checkpoint(checkpoint, map_location=device)
     cfg = payload["config"]
+    missing = [name for name in ("encoder", "decoder") if name not in payload["models"]]
+    if missing:  # e.g. a plain GAN run of the 2-D experiment: a decoder only
+        raise UserError(f"{checkpoint}: this {payload['extra'].get('game', 'model')} checkpoint has no "
+                        f"{' and no '.join(missing)}; encode/decode/export need both")
     encoder, decoder = Encoder(cfg), Decoder(cfg)
     encoder.load_state_dict(payload["models"]["encoder"])
     decoder.load_state_dict(payload["models"]["decoder"])

@@ -87,7 +87,7 @@ def iterate_batches(n: int, batch_size: int, seed: int, epoch: int, start: int =
 
 def _import_loaders() -> None:
     # Loader modules register themselves on import; importing here keeps `import alitool.data` light.
-    from alitool.data import digits  # noqa: F401
+    from alitool.data import digits, mixture  # noqa: F401
     # The official-format datasets (issue 3); a loop so that one-line imports added above stay sorted.
     for module in ("celeba", "cifar10", "folder", "mnist", "svhn", "tinyimagenet"):
         __import__(f"alitool.data.{module}")

@@ -1,0 +1,102 @@
+"""The 2-D experiment end to end (paper section 4.5): the baseline games, `alitool train mixture25`, and
+`alitool experiment mixture` on a few steps, with real checkpoints read back by the PyTorch backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from alitool.backends.torch_backend import TorchBackend, load_networks
+from alitool.cli import main
+from alitool.config import load_config
+from alitool.data.mixture import sample_mixture
+from alitool.errors import UserError
+from alitool.trainers.baselines import GANGame, InverseMappingGame, PostHocGame, VAEGame
+
+CPU = torch.device("cpu")
+
+
+def _params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_inference_baselines_keep_the_gan_decoder_frozen():
+    torch.manual_seed(0)
+    cfg = load_config("mixture25")
+    x = torch.from_numpy(sample_mixture(64, 0)[0])
+    gan = GANGame(cfg, CPU)
+    gan.step(x)
+    state = {k: v.clone() for k, v in gan.decoder.state_dict().items()}
+    for cls in (InverseMappingGame, PostHocGame):
+        game = cls(cfg, CPU, state)
+        enc, dec = game.modules()["encoder"], game.modules()["decoder"]
+        enc_before, dec_before = _params(enc), _params(dec)
+        game.train(True)
+        for _ in range(2):
+            out = game.step(x)
+        assert all(np.isfinite(float(v)) for v in out.values())
+        assert _changed(enc_before, enc), cls.name
+        assert not _changed(dec_before, dec), cls.name
+        assert not dec.training  # frozen means eval mode too (batch norm statistics stay the GAN's)
+
+
+def test_vae_uses_a_gaussian_version_of_alis_encoder():
+    torch.manual_seed(0)
+    game = VAEGame(load_config("mixture25"), CPU)
+    assert game.cfg.model.encoder_output == "gaussian" and game.cfg.model.encoder_noise_dim == 0
+    assert game.cfg.model.encoder[-1].channels == 4  # (mu, log_sigma) for a 2-D latent
+    x = torch.from_numpy(sample_mixture(128, 0)[0])
+    losses = [float(game.step(x)["loss_g"]) for _ in range(30)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # the ELBO improves
+
+
+def test_train_mixture25_writes_an_ordinary_run(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "mixture25", "--max-steps", "3", "--out", str(out),
+                                       "--set", "train.batch_size=32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    backend = TorchBackend(out)
+    assert backend.meta.image_size == 0 and backend.meta.input_shape == (2,)
+    z = backend.encode(sample_mixture(5, 0)[0])
+    assert z.shape == (5, 2) and backend.decode(z).shape == (5, 2)
+    np.testing.assert_array_equal(z, backend.encode(sample_mixture(5, 0)[0]))  # "mean" codes: zero noise
+
+
+def test_experiment_end_to_end_on_a_few_steps(tmp_path):
+    out = tmp_path / "exp"
+    args = ["experiment", "mixture", "--runs", "1", "--steps", "4", "--jobs", "1", "--out", str(out),
+            "--set", "train.batch_size=32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    table = (out / "table.md").read_text()
+    assert "alitool experiment mixture --runs 1" in table
+    for model in ("ali", "gan", "gan-inverse", "gan-posthoc", "vae"):
+        assert f"| {model} | 1 |" in table
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"ali", "gan", "gan-inverse", "gan-posthoc", "vae"}
+    assert all(r[0]["steps"] == 4 and 1 <= r[0]["modes"] <= 25 for r in results.values())
+    assert (out / "figure8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for model in ("ali", "gan-inverse", "gan-posthoc", "vae"):  # everything with an encoder loads for encode/export
+        cfg, encoder, decoder = load_networks(out / "runs" / model / "seed-0" / "checkpoint.pt")
+        assert decoder(encoder(torch.zeros(3, 2))[0]).shape == (3, 2)
+    with pytest.raises(UserError, match="no encoder"):
+        load_networks(out / "runs" / "gan" / "seed-0" / "checkpoint.pt")
+    # finished runs are reused: a second call trains nothing
+    stamp = (out / "runs" / "ali" / "seed-0" / "checkpoint.pt").stat().st_mtime_ns
+    again = CliRunner().invoke(main, args[:-2] + ["--models", "ali"])
+    assert again.exit_code == 0, again.output
+    assert (out / "runs" / "ali" / "seed-0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_unknown_model_is_one_line():
+    result = CliRunner().invoke(main, ["experiment", "mixture", "--models", "ali,wgan"])
+    assert result.exit_code == 2
+    assert "unknown model 'wgan'" in result.output and "Traceback" not in result.output
