@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from alitool.config import Config, from_dict, to_dict
 from alitool.errors import UserError
 
 FORMAT = "alitool-checkpoint/1"
+# mkstemp creates files as 0600; finished artifacts get the permissions a plain open() would give them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -50,6 +54,7 @@ def atomic_write_bytes(path: Path, writer) -> None:
             writer(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,6 +82,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not ours
+        raise UserError(f"{path}: not a readable checkpoint (not a torch.save archive; corrupt or truncated?)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -92,3 +92,19 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     assert trainer.pos.step == payload["step"]
     trainer.fit()
     assert load_checkpoint(run / "checkpoint.pt")["step"] == payload["step"] + 2
+
+
+def test_random_bytes_are_not_called_pickles(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_artifacts_get_ordinary_permissions(tmp_path, tiny_cfg):
+    import os
+
+    save_checkpoint(tmp_path / "c.pt", cfg=tiny_cfg, models={"d": ALI(tiny_cfg).discriminator})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o666 & ~umask
