@@ -89,11 +89,13 @@ def test_experiment_end_to_end_on_a_few_steps(tmp_path):
         assert decoder(encoder(torch.zeros(3, 2))[0]).shape == (3, 2)
     with pytest.raises(UserError, match="no encoder"):
         load_networks(out / "runs" / "gan" / "seed-0" / "checkpoint.pt")
-    # finished runs are reused: a second call trains nothing
+    # finished runs are reused: a second call trains nothing; one with other settings is refused
     stamp = (out / "runs" / "ali" / "seed-0" / "checkpoint.pt").stat().st_mtime_ns
-    again = CliRunner().invoke(main, args[:-2] + ["--models", "ali"])
+    again = CliRunner().invoke(main, args + ["--models", "ali"])
     assert again.exit_code == 0, again.output
     assert (out / "runs" / "ali" / "seed-0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    other = CliRunner().invoke(main, args[:-2] + ["--models", "ali"])
+    assert other.exit_code == 2 and "other settings" in other.output
 
 
 def test_unknown_model_is_one_line():

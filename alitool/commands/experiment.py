@@ -34,10 +34,12 @@ def experiment() -> None:
 @click.option("--paper-protocol", is_flag=True,
               help="The paper's setup instead of alitool's: its architecture (configs/mixture25_paper.yaml) and a "
                    "random draw of learning rate, beta1 and init std per seed.")
+@click.option("--config", "config", default="", metavar="NAME|YAML",
+              help="Config for every model (default: mixture25; mixture25_paper with --paper-protocol).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key for every model, e.g. --set train.lr=1e-3.")
 @user_errors
-def mixture(runs, models, out, steps, jobs, paper_protocol, overrides) -> None:
+def mixture(runs, models, out, steps, jobs, paper_protocol, config, overrides) -> None:
     """Train ALI, GAN, GAN + learned inverse mapping, GAN + post-hoc learned inference and a VAE on the 2-D
     mixture of 25 Gaussians (paper section 4.5) and compare them: a table of modes covered, samples within
     3 std of a mode, reconstruction agreement and q(z) against N(0, I) over the seeds, and a figure like the
@@ -49,6 +51,7 @@ def mixture(runs, models, out, steps, jobs, paper_protocol, overrides) -> None:
       alitool experiment mixture --runs 3 --models ali,gan    # a quicker comparison
       alitool experiment mixture --runs 1 --steps 200 --out /tmp/smoke
       alitool experiment mixture --paper-protocol --out runs/mixture-paper
+      alitool experiment mixture --models ali --runs 2 --set train.update=simultaneous --out runs/ablation
     """
     import json
 
@@ -57,20 +60,21 @@ def mixture(runs, models, out, steps, jobs, paper_protocol, overrides) -> None:
     from alitool.experiments.mixture_runs import Experiment, parse_models
 
     wanted = parse_models(models)
-    exp = Experiment(out, wanted, runs, steps, jobs, paper_protocol, tuple(overrides),
+    exp = Experiment(out, wanted, runs, steps, jobs, paper_protocol, config, tuple(overrides),
                      log=lambda msg: click.echo(msg, err=True))
     click.echo(f"training {len(wanted)} model(s) x {runs} seed(s) into {out}/runs ({jobs} at a time)...", err=True)
     results = exp.run()
 
     command = f"alitool experiment mixture --runs {runs} --models {','.join(wanted)} --out {out} --jobs {jobs}"
     command += (f" --steps {steps}" if steps else "") + (" --paper-protocol" if paper_protocol else "")
+    command += f" --config {config}" if config else ""
     command += "".join(f" --set {o}" for o in overrides)
     table = summary_table(results)
     text = f"Command: `{command}`\n\n{table}"
     atomic_write_bytes(out / "table.md", lambda f: f.write(text.encode()))
     atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
     draws = {m: draw(load_run_networks(exp.spec(m, 0).run_dir / "checkpoint.pt")) for m in wanted}
-    protocol = "paper protocol" if paper_protocol else "alitool's mixture25 config"
-    save_figure(out / "figure8.png", draws, title=f"seed 0 of each model ({protocol})")
+    protocol = "the paper's random search, " if paper_protocol else ""
+    save_figure(out / "figure8.png", draws, title=f"seed 0 of each model ({protocol}config {exp.config_name})")
     click.echo(table)
     click.echo(f"table: {out / 'table.md'}\nfigure: {out / 'figure8.png'}\nper-run results: {out / 'results.json'}")

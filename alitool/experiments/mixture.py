@@ -185,7 +185,7 @@ def save_figure(path: Path, draws: dict[str, Draws], title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     n = len(draws)
-    fig, axes = plt.subplots(len(ROWS), n, figsize=(2.8 * n, 2.8 * len(ROWS)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(len(ROWS), n, figsize=(max(2.8 * n, 6.0), 2.8 * len(ROWS)), dpi=110, squeeze=False)
     means = mixture_means()
     for j, (model, d) in enumerate(draws.items()):
         colours = mode_colours(d.modes)

@@ -107,7 +107,11 @@ def train_and_measure(spec: RunSpec) -> dict:
 
     result_path = spec.run_dir / RESULT
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if (result.get("config"), result.get("overrides")) != (spec.config, spec.all_overrides()):
+            raise UserError(f"{spec.run_dir} holds a finished run with other settings ({result.get('config')} "
+                            f"{' '.join(result.get('overrides', []))}); use another --out")
+        return result
     torch.set_num_threads(spec.threads)  # small MLPs: one thread each, runs side by side
     cfg = with_train(load_config(spec.config, spec.all_overrides()), device="cpu")
     spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,7 @@ class Experiment:
     steps: int = 0
     jobs: int = 2
     paper_protocol: bool = False
+    config: str = ""  # "": mixture25, or mixture25_paper under the paper protocol
     extra_overrides: tuple[str, ...] = ()
     log: Callable[[str], None] = print
     results: dict[str, list[dict]] = field(default_factory=dict)
@@ -146,8 +151,11 @@ class Experiment:
         overrides = list(self.extra_overrides)
         if self.paper_protocol:
             overrides = [f"{k}={v}" for k, v in paper_search_draw(seed).items()] + overrides
-        return RunSpec(model, seed, self.out, PAPER_CONFIG if self.paper_protocol else DEFAULT_CONFIG,
-                       tuple(overrides), self.steps)
+        return RunSpec(model, seed, self.out, self.config_name, tuple(overrides), self.steps)
+
+    @property
+    def config_name(self) -> str:
+        return self.config or (PAPER_CONFIG if self.paper_protocol else DEFAULT_CONFIG)
 
     def run(self) -> dict[str, list[dict]]:
         """Train every (model, seed), ``jobs`` processes at a time; GAN runs first where others need them."""
