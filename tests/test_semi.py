@@ -141,6 +141,12 @@ def test_step_gradients_are_each_players_own_k_plus_1_loss():
                 torch.testing.assert_close(param.grad, expected, rtol=1e-3, atol=1e-6)
 
 
+def test_k_plus_1_refuses_switches_it_does_not_implement():
+    for switch in ("train.update=alternating", "model.disc_unary=true"):
+        with pytest.raises(UserError, match="K\\+1 game supports"):
+            SemiSupervisedGame(semi_cfg(switch), torch.device("cpu"))
+
+
 def test_step_needs_labels_and_a_labelled_dataset():
     cfg = semi_cfg()
     game = SemiSupervisedGame(cfg, torch.device("cpu"))

@@ -112,6 +112,10 @@ class SemiSupervisedGame(ALIGame):
     def __init__(self, cfg: Config, device: torch.device):
         if cfg.train.semi_supervised.labels <= 0:
             raise UserError("the K+1 game needs train.semi_supervised.labels > 0")
+        # The K+1 step below is the simultaneous one-graph update on D(x, z)'s logits alone (section 4.3 as written).
+        if cfg.train.update != "simultaneous" or cfg.model.disc_unary:
+            raise UserError("the K+1 game supports train.update=simultaneous without model.disc_unary; got "
+                            f"train.update={cfg.train.update}, model.disc_unary={cfg.model.disc_unary}")
         super().__init__(kplus1_config(cfg), device)  # self.cfg: the widened config the checkpoint records
         self.classes = cfg.train.semi_supervised.classes
         self.labelled_batch = cfg.train.semi_supervised.labelled_batch_size or cfg.train.batch_size
