@@ -50,7 +50,7 @@ def main() -> None:
 
     \b
     Quickstart:
-      alitool train digits            # ~3 min on 2 CPU cores; writes runs/digits/
+      alitool train digits            # a few CPU minutes; writes runs/digits/
       alitool doctor                  # which runtimes and accelerators are usable
     """
 
