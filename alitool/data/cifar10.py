@@ -138,7 +138,7 @@ def _read_members(location: Path, inner_dir: str, names: list[str]) -> list[tupl
                     got[wanted[member.name]] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise UserError(f"{location}: truncated or corrupt archive ({' '.join(str(err).split())}); "
-                        f"delete it and download it again from {BINARY.url}") from None
+                        f"delete it and download it again ({SOURCE_PAGE})") from None
     absent = [n for n in names if n not in got]
     if absent:
         raise UserError(f"{location}: the archive lacks {', '.join(f'{inner_dir}/{n}' for n in absent)}")
