@@ -9,7 +9,7 @@ from alitool.checkpoint import load_checkpoint
 
 
 def alitool(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALITOOL_OFFLINE": "1"}  # never reach for the network
     return subprocess.run([sys.executable, "-m", "alitool.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=300)
 
@@ -51,3 +51,10 @@ def test_help_has_examples_and_version_reports_runtimes(tmp_path):
     version = alitool("--version", cwd=tmp_path)
     assert version.returncode == 0 and "alitool " in version.stdout and "onnxruntime" in version.stdout
     assert Path(tmp_path).is_dir()
+
+
+def test_missing_data_leaves_no_empty_run_folder(tmp_path):
+    result = alitool("train", "svhn", "--data-dir", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "svhn" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs" / "svhn").exists()

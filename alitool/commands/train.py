@@ -75,7 +75,11 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
 
     from alitool.trainers.loop import Trainer
 
-    trainer = Trainer(cfg, run_dir, data_dir=data_dir, dist=dist)
+    try:
+        trainer = Trainer(cfg, run_dir, data_dir=data_dir, dist=dist)
+    except BaseException:
+        _remove_if_empty(Path(run_dir))  # e.g. the data is missing: leave no empty runs/<name>/ behind
+        raise
     if resume is not None:
         trainer.resume()
     else:
@@ -94,6 +98,13 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     if last:
         click.echo(f"samples: {last[-1]}\nreconstructions: {run_dir / 'reconstructions' / last[-1].name}")
     click.echo(f"metrics: {run_dir / 'metrics.csv'}, loss plot: {run_dir / 'losses.png'}")
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only succeeds on an empty folder
+    except OSError:
+        pass
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
