@@ -127,6 +127,8 @@ class Trainer:
                 return load_dataset(self.cfg, split, data_dir)
             except UserError:
                 continue
+        self.log(f"note: no val or test split of {self.cfg.data.name} found; the reconstruction grids and "
+                 "recon_mse use training images")
         return self.train_data
 
     @property
