@@ -58,3 +58,29 @@ def test_missing_data_leaves_no_empty_run_folder(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "svhn" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "runs" / "svhn").exists()
+
+
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_exits_130(tmp_path, tiny_cfg):
+    import signal
+    import time
+
+    import yaml
+
+    from alitool.config import to_dict, with_train
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(with_train(tiny_cfg, checkpoint_every_minutes=60.0, epochs=1000))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "alitool.cli", "train", str(config), "--out", "run"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "config.yaml").exists():  # training has started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped by SIGTERM at step" in err and "Traceback" not in err
+    step = int(err.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert step >= 1 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == step

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +48,31 @@ def pick_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
+
+
+class StopRequests:
+    """SIGINT / SIGTERM during training ask for a clean stop: the loop finishes its step, writes the epoch's
+    figures, metrics and a checkpoint, then ends (KeyboardInterrupt). A second signal stops at once; the last
+    checkpoint on disk is still whole, since every write is atomic."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 @dataclass
@@ -210,8 +237,10 @@ class Trainer:
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
                    dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)
         last_save = time.monotonic()
+        stop = StopRequests()
         try:
-            while self.pos.step < total:
+            stop.__enter__()
+            while self.pos.step < total and stop.signum is None:
                 sums: dict[str, float] = {}
                 n_steps, images, started = 0, 0, time.perf_counter()
                 batches = iterate_batches(len(self.train_data), t.batch_size, t.seed, self.pos.epoch, self.pos.batch)
@@ -236,7 +265,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}",
                                     img_s=f"{rate:.0f}", refresh=False)
-                    if self.pos.step >= total:
+                    if self.pos.step >= total or stop.signum is not None:
                         break
                     if (t.checkpoint_every_steps and self.pos.step % t.checkpoint_every_steps == 0) or \
                             time.monotonic() - last_save > t.checkpoint_every_minutes * 60:
@@ -250,7 +279,12 @@ class Trainer:
                 self.save()
                 last_save = time.monotonic()
         finally:
+            stop.__exit__()
             bar.close()
+        if stop.signum is not None:
+            self.log(f"stopped by {signal.Signals(stop.signum).name} at step {self.pos.step}; checkpoint saved: "
+                     f"{self.checkpoint_path} (continue with --resume {self.run_dir})")
+            raise KeyboardInterrupt
         return self.pos
 
     def _end_epoch(self, sums: dict[str, float], n_steps: int, images: int, seconds: float, partial: bool) -> None:
