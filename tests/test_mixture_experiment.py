@@ -58,7 +58,7 @@ def test_vae_uses_a_gaussian_version_of_alis_encoder():
     assert np.mean(losses[-5:]) < np.mean(losses[:5])  # the ELBO improves
 
 
-def test_train_mixture25_writes_an_ordinary_run(tmp_path):
+def test_train_mixture25_writes_an_ordinary_run_that_exports(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "mixture25", "--max-steps", "3", "--out", str(out),
                                        "--set", "train.batch_size=32", "--device", "cpu"])
@@ -68,6 +68,17 @@ def test_train_mixture25_writes_an_ordinary_run(tmp_path):
     z = backend.encode(sample_mixture(5, 0)[0])
     assert z.shape == (5, 2) and backend.decode(z).shape == (5, 2)
     np.testing.assert_array_equal(z, backend.encode(sample_mixture(5, 0)[0]))  # "mean" codes: zero noise
+    # the MLPs export like the conv nets: ONNX Runtime agrees with PyTorch on the encoder (noise input 0) and decoder
+    pytest.importorskip("onnxruntime")
+    from alitool.backends import load_backend
+    from alitool.export.pipeline import ExportOptions, export_checkpoint
+
+    export_checkpoint(out, ExportOptions(exporter="torchscript"), log=lambda _: None)
+    onnx_backend = load_backend(out)
+    assert onnx_backend.name == "onnxruntime" and onnx_backend.meta.input_shape == (2,)
+    x = sample_mixture(7, 1)[0]
+    np.testing.assert_allclose(onnx_backend.encode(x), backend.encode(x), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(onnx_backend.decode(z), backend.decode(z), rtol=1e-3, atol=1e-4)
 
 
 def test_experiment_end_to_end_on_a_few_steps(tmp_path):
