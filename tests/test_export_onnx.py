@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import TINY_DIGITS
 
 from alitool.backends import ModelMeta, load_backend
 from alitool.backends.torch_backend import meta_from_config
@@ -23,17 +24,7 @@ from alitool.errors import UserError
 from alitool.export.onnx import EXPORT_BATCH, export_networks, read_meta
 from alitool.models import ALI, data_shape, feature_dim
 
-TINY_CONV = [
-    "model.latent_dim=4",
-    "model.encoder=[[conv,3,1,8,true,0.0,lrelu],[conv,3,1,8,true,0.0,lrelu],[conv,4,1,16,true,0.0,lrelu],"
-    "[conv,1,1,8,false,0.0,linear]]",
-    "model.decoder=[[deconv,4,1,16,true,0.0,lrelu],[deconv,3,1,8,true,0.0,lrelu],[deconv,3,1,8,true,0.0,lrelu],"
-    "[conv,1,1,1,false,0.0,sigmoid]]",
-    "model.disc_x=[[conv,3,1,8,false,0.2,lrelu],[conv,3,1,8,true,0.2,lrelu],[conv,4,1,16,true,0.2,lrelu]]",
-    "model.disc_z=[[conv,1,1,16,false,0.2,lrelu]]",
-    "model.disc_xz=[[conv,1,1,16,false,0.2,lrelu],[conv,1,1,1,false,0.2,linear]]",
-    "train.batch_size=32",
-]
+TINY_CONV = TINY_DIGITS  # the shared tiny digits-shaped model (tests/conftest.py)
 # RGB 16x16 with strided convs, encoder dropout and a maxout row (reshape with a dynamic batch), deterministic
 # encoder (BiGAN-style: z_mean only).
 TINY_RGB_MAXOUT = [
