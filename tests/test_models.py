@@ -46,7 +46,7 @@ def test_init_is_n0_001_and_zero_bias():
     model = ALI(load_config("svhn"))
     w = model.encoder.stack.rows[1].conv.weight.detach()
     assert abs(float(w.std()) - 0.01) < 0.002 and abs(float(w.mean())) < 0.001
-    assert float(model.encoder.stack.rows[-1].conv.bias.abs().sum()) == 0.0
+    assert float(model.encoder.stack.rows[-1].conv.bias.detach().abs().sum()) == 0.0
 
 
 def test_reparametrisation_uses_one_eps_per_dimension(tiny_cfg):
