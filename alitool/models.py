@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from alitool.config import Config, Layer, ModelConfig
 from alitool.errors import UserError
+from alitool.layers import TableConv2d, TableConvTranspose2d, TableDropout
 
 
 def data_shape(cfg: Config) -> tuple[int, ...]:
@@ -46,13 +47,13 @@ class TableRow(nn.Sequential):
     def __init__(self, layer: Layer, in_width: int, model: ModelConfig, bias: bool | None = None):
         parts: dict[str, nn.Module] = {}
         if layer.dropout > 0:
-            parts["dropout"] = nn.Dropout(layer.dropout)
+            parts["dropout"] = TableDropout(layer.dropout)
         # Layers followed by batch norm carry no bias (official code): BN's shift replaces it.
         use_bias = (not layer.batch_norm) if bias is None else bias
         if layer.op == "conv":
-            parts["conv"] = nn.Conv2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
+            parts["conv"] = TableConv2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
         elif layer.op == "deconv":
-            parts["deconv"] = nn.ConvTranspose2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
+            parts["deconv"] = TableConvTranspose2d(in_width, layer.channels, layer.kernel, layer.stride, bias=use_bias)
         else:
             parts["linear"] = nn.Linear(in_width, layer.channels, bias=use_bias)
         if layer.batch_norm:
