@@ -1,6 +1,7 @@
 """Time one ALI training step of the paper's SVHN architecture (table 4, batch 100) several ways, in one run.
 
-(a) naive: the common public-port structure, a D update and then a G update, each with its own forward pass;
+(a) naive: the common public-port structure, a D update and then a G update, each with its own forward pass, on
+    stock torch layers (nn.Conv2d, nn.ConvTranspose2d, nn.Dropout);
 (b) alitool's default step: one forward graph, two restricted backward passes, simultaneous Adam steps;
 (c) alitool with each speed switch: bf16 autocast, channels_last, both, torch.compile (with --compile).
 
@@ -20,16 +21,26 @@ import time
 import torch
 
 from alitool.config import load_config, with_train
+from alitool.layers import TableConv2d, TableConvTranspose2d, TableDropout
 from alitool.models import ALI
 from alitool.trainers.ali import ALIGame
 from alitool.trainers.losses import discriminator_loss, generator_loss
+
+
+def with_stock_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The same modules and weights, run by torch's own layer classes instead of alitool/layers.py."""
+    stock = {TableConv2d: torch.nn.Conv2d, TableConvTranspose2d: torch.nn.ConvTranspose2d,
+             TableDropout: torch.nn.Dropout}
+    for module in model.modules():
+        module.__class__ = stock.get(type(module), type(module))
+    return model
 
 
 class NaiveGame:
     """Two forward passes per step: D on detached samples, then E/G through D again."""
 
     def __init__(self, cfg, device):
-        self.cfg, self.model = cfg, ALI(cfg).to(device)
+        self.cfg, self.model = cfg, with_stock_layers(ALI(cfg).to(device))
         t = cfg.train
         self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
         self.opt_g = torch.optim.Adam(self.model.generator_parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
@@ -77,7 +88,7 @@ def main() -> None:
     device = torch.device("cpu")
     x = torch.rand(args.batch, base.data.channels, base.data.image_size, base.data.image_size)
     variants = [
-        ("(a) naive: two forward passes", lambda: NaiveGame(base, device)),
+        ("(a) naive: two forward passes, stock layers", lambda: NaiveGame(base, device)),
         ("(b) alitool default (fp32)", lambda: ALIGame(base, device)),
         ("(c) bf16 autocast", lambda: ALIGame(with_train(base, precision="bf16"), device)),
         ("(c) channels_last", lambda: ALIGame(with_train(base, channels_last=True), device)),

@@ -22,7 +22,7 @@ from alitool.config import Config
 from alitool.errors import UserError
 from alitool.models import ALI, reparametrize
 from alitool.trainers.losses import discriminator_loss, generator_loss
-from alitool.trainers.speed import autocast, prepare_input, prepare_module
+from alitool.trainers.speed import autocast, compile_modules, prepare_input, prepare_module
 
 UPDATES = ("simultaneous", "alternating")
 
@@ -58,8 +58,8 @@ class ALIGame:
         m = self.model
         self.encoder, self.decoder, self.discriminator = m.encoder, m.decoder, m.discriminator
         if t.compile:
-            self.encoder, self.decoder, self.discriminator = (
-                torch.compile(m) for m in (self.encoder, self.decoder, self.discriminator))
+            self.encoder, self.decoder, self.discriminator = compile_modules(
+                self.encoder, self.decoder, self.discriminator)
 
     def distribute(self) -> None:
         """Wrap the three networks in DistributedDataParallel (the process group must exist)."""
@@ -69,8 +69,8 @@ class ALIGame:
         self.encoder, self.decoder, self.discriminator = (
             DDP(m, device_ids=ids) for m in (self.model.encoder, self.model.decoder, self.model.discriminator))
         if self.cfg.train.compile:
-            self.encoder, self.decoder, self.discriminator = (
-                torch.compile(m) for m in (self.encoder, self.decoder, self.discriminator))
+            self.encoder, self.decoder, self.discriminator = compile_modules(
+                self.encoder, self.decoder, self.discriminator)
 
     # -- what the loop checkpoints ------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

@@ -39,3 +39,12 @@ def prepare_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def compile_modules(*modules: nn.Module) -> tuple[nn.Module, ...]:
+    """torch.compile each network. The ALI step runs two backward passes through one forward graph (the first
+    with retain_graph=True), which AOT autograd's donated buffers forbid, so that optimisation is turned off."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    return tuple(torch.compile(m) for m in modules)
