@@ -83,6 +83,15 @@ class ModelConfig:
     encoder_noise_dim: int = 0
     # BigBiGAN's unary scores: D also scores x alone and z alone, and each score gets the loss (docs/mixture.md).
     disc_unary: bool = False
+    # Spectral normalisation (Miyato et al. 2018) of every D weight, conv and linear (docs/switches.md).
+    spectral_norm: bool = False
+    # Conditional ALI (paper section 4.4, Eq. 7; docs/conditional.md): y is linearly embedded to y_embed_dim
+    # (256 in the official code) and fed to G_z, G_x and D. y_kind ("class": one-hot; "attributes": 0/1) and
+    # y_names (class or attribute names) are filled in from the dataset at training time; they say what y means.
+    conditional: bool = False
+    y_embed_dim: int = 256
+    y_kind: str = ""
+    y_names: tuple[str, ...] = ()
     encoder: tuple[Layer, ...] = ()
     decoder: tuple[Layer, ...] = ()
     disc_x: tuple[Layer, ...] = ()
@@ -134,6 +143,11 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool = False  # NHWC memory format for the conv nets
     compile: bool = False  # torch.compile the three networks
+    # Beyond the paper, each off by default (docs/switches.md):
+    loss: str = "bce"  # bce: the paper's softplus form; hinge: the hinge loss of BigBiGAN (Donahue & Simonyan 2019)
+    alice: float = 0.0  # ALICE cycle term weight lambda (Li et al. 2017); 0: off
+    alice_norm: str = "l1"  # l1 | l2: the distance of the ALICE reconstructions of x and z
+    ema: float = 0.0  # decay of an exponential moving average of G_z and G_x (e.g. 0.999); 0: off
     semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
 
 
@@ -161,6 +175,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise UserError(f"config key {key!r} is a section; expected a mapping, got {value!r}")
         return _build(tp, value, key + ".")
+    if origin is tuple and typing.get_args(tp) == (str, ...):  # a list of names (model.y_names)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"config key {key!r} expects a list of strings, got {value!r}")
+        return tuple(value)
     if origin is tuple and typing.get_args(tp)[:1] == (Layer,):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"config key {key!r} is a layer table; expected a list of rows, got {value!r}")

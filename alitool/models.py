@@ -4,6 +4,12 @@
 - ``Decoder``  G_x(z): z -> x_tilde in [0, 1] (sigmoid output with a per-pixel bias, official code).
 - ``Discriminator`` D(x, z): D(x) and D(z) stacks, concatenated along channels, then D(x, z) -> one logit.
 
+Conditional ALI (section 4.4, Eq. 7; ``model.conditional``): y is linearly embedded (``model.y_embed_dim``, 256 in
+the official code) by each network's own ``embed`` layer and concatenated, as channels, to the input of the
+encoder's last row, to z at the decoder's input and to the D(x), D(z) features at D(x, z)'s input: the official
+code's three injection points (alitool/conditional.py says how it differs). ``model.spectral_norm`` puts spectral
+normalisation (Miyato et al. 2018) on every weight of D.
+
 Every network is a ``LayerStack``: one torch module per table row, so the architecture printed by
 ``print(model)`` reads like the paper's table. Conv tables use NCHW tensors and treat z as a 1x1 image;
 linear tables (the 2-D toy experiment) use flat tensors.
@@ -79,12 +85,21 @@ def _activation(name: str, model: ModelConfig) -> nn.Module | None:
 
 
 class LayerStack(nn.Module):
-    """A layer table as modules. Flattens its input before the first linear row of a conv input."""
+    """A layer table as modules. Flattens its input before the first linear row of a conv input.
 
-    def __init__(self, table: tuple[Layer, ...], in_width: int, model: ModelConfig, last_bias: bool | None = None):
+    ``extra_width`` > 0 makes row ``extra_at`` take that many more input channels: ``forward(..., extra=e)``
+    concatenates ``e`` [N, extra_width] there (broadcast over the feature map), as conditional ALI does with y's
+    embedding.
+    """
+
+    def __init__(self, table: tuple[Layer, ...], in_width: int, model: ModelConfig, last_bias: bool | None = None,
+                 extra_at: int = 0, extra_width: int = 0):
         super().__init__()
+        self.extra_at, self.extra_width = extra_at, extra_width
         rows = []
         for i, layer in enumerate(table):
+            if extra_width and i == extra_at:
+                in_width += extra_width
             bias = last_bias if i == len(table) - 1 else None
             row = TableRow(layer, in_width, model, bias=bias)
             rows.append(row)
@@ -92,14 +107,46 @@ class LayerStack(nn.Module):
         self.rows = nn.ModuleList(rows)
         self.out_width = in_width
 
-    def forward(self, x: Tensor, taps: list[Tensor] | None = None) -> Tensor:
-        for row in self.rows:
+    def forward(self, x: Tensor, taps: list[Tensor] | None = None, extra: Tensor | None = None) -> Tensor:
+        for i, row in enumerate(self.rows):
             if "linear" in row._modules and x.dim() > 2:
                 x = x.flatten(1)
+            if extra is not None and i == self.extra_at:
+                x = with_condition(x, extra)
             x = row(x)
             if taps is not None:
                 taps.append(x)
         return x
+
+
+def with_condition(h: Tensor, embedding: Tensor) -> Tensor:
+    """``h`` ([N, C, H, W] or [N, C]) with ``embedding`` [N, E] appended as E more channels, constant over H, W."""
+    if h.dim() > 2:
+        embedding = embedding[:, :, None, None].expand(-1, -1, *h.shape[2:])
+    return torch.cat([h, embedding.to(h.dtype)], dim=1)
+
+
+def condition_embedding(m: ModelConfig) -> nn.Linear | None:
+    """The linear embedding of y (section 4.4: "linearly embedded"), or None for an unconditional model."""
+    if not m.conditional:
+        return None
+    if not m.y_names:
+        raise UserError("model.conditional needs model.y_names (what y means); training fills them in from the "
+                        "dataset")
+    if m.y_embed_dim < 1:
+        raise UserError(f"model.y_embed_dim is {m.y_embed_dim}; it must be at least 1")
+    return nn.Linear(len(m.y_names), m.y_embed_dim)
+
+
+def _embed(net: nn.Module, y: Tensor | None, who: str) -> Tensor | None:
+    """``net.embed(y)``, with one clear line when a conditional network is called without y (or vice versa)."""
+    if net.embed is None:
+        if y is not None:
+            raise UserError(f"the {who} is not conditional; it takes no y")
+        return None
+    if y is None:
+        raise UserError(f"this conditional model's {who} needs y ({net.embed.in_features} values per example)")
+    return net.embed(y)
 
 
 def _spatial_size(table: tuple[Layer, ...], size: int) -> int:
@@ -132,7 +179,9 @@ class Encoder(nn.Module):
         in_width = shape[0] if _is_conv(m.encoder) else math.prod(shape)
         if m.encoder_noise_dim and _is_conv(m.encoder):
             raise UserError("model.encoder_noise_dim needs a linear (MLP) encoder table; the conv tables have none")
-        self.stack = LayerStack(m.encoder, in_width + m.encoder_noise_dim, m, last_bias=True)
+        self.embed = condition_embedding(m)  # y's embedding joins the input of the last row (official code)
+        self.stack = LayerStack(m.encoder, in_width + m.encoder_noise_dim, m, last_bias=True,
+                                extra_at=len(m.encoder) - 1, extra_width=m.y_embed_dim if self.embed else 0)
         if m.encoder_noise_dim:
             self.stack = NoiseInput(self.stack, m.encoder_noise_dim)
         expected = m.latent_dim * (2 if self.stochastic else 1)
@@ -145,26 +194,28 @@ class Encoder(nn.Module):
             side = _spatial_size(m.encoder, shape[1])
             raise UserError(f"encoder table maps {shape[1]}x{shape[1]} images to {side}x{side}; expected 1x1")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(mu, log_sigma), each [N, latent_dim]; log_sigma is None for a deterministic encoder."""
-        out = self.stack(x).flatten(1)
+    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(mu, log_sigma), each [N, latent_dim]; log_sigma is None for a deterministic encoder. ``y``: the
+        conditioning vectors [N, y_dim] of a conditional model."""
+        out = self.stack(x, extra=_embed(self, y, "encoder")).flatten(1)
         if not self.stochastic:
             return out, None
         mu, log_sigma = out.chunk(2, dim=1)
         return mu, log_sigma
 
-    def sample(self, x: Tensor) -> Tensor:
+    def sample(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation); an encoder with
         noise inputs draws fresh noise, also in eval mode."""
         if isinstance(self.stack, NoiseInput):
-            return self.stack(x, noise=torch.randn(x.shape[0], self.stack.noise_dim, device=x.device))
-        return reparametrize(*self(x))
+            noise = torch.randn(x.shape[0], self.stack.noise_dim, device=x.device)
+            return self.stack(x, noise=noise, extra=_embed(self, y, "encoder"))
+        return reparametrize(*self(x, y))
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The paper's L2-SVM feature vector (section 4.3): the encoder output (mu and log_sigma) concatenated
         with its last three hidden layers, each flattened. Its width is ``feature_dim``."""
         taps: list[Tensor] = []
-        self.stack(x, taps)
+        self.stack(x, taps, extra=_embed(self, y, "encoder"))
         return torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
 
 
@@ -182,13 +233,14 @@ class NoiseInput(nn.Module):
         self.noise_dim = noise_dim
         self.out_width = stack.out_width
 
-    def forward(self, x: Tensor, taps: list[Tensor] | None = None, noise: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, taps: list[Tensor] | None = None, noise: Tensor | None = None,
+                extra: Tensor | None = None) -> Tensor:
         x = x.flatten(1)
         if noise is None:
             noise = x.new_zeros(x.shape[0], self.noise_dim)
             if self.training:
                 noise = torch.randn_like(noise)
-        return self.inner(torch.cat([x, noise], dim=1), taps)
+        return self.inner(torch.cat([x, noise], dim=1), taps, extra)
 
 
 def reparametrize(mu: Tensor, log_sigma: Tensor | None) -> Tensor:
@@ -213,7 +265,9 @@ class Decoder(nn.Module):
         self.shape = data_shape(cfg)
         self.conv = _is_conv(m.decoder)
         self.sigmoid_output = m.decoder[-1].activation == "sigmoid"
-        self.stack = LayerStack(m.decoder, m.latent_dim, m, last_bias=not self.sigmoid_output)
+        self.embed = condition_embedding(m)  # y's embedding is concatenated to z (official code)
+        width = m.latent_dim + (m.y_embed_dim if self.embed else 0)
+        self.stack = LayerStack(m.decoder, width, m, last_bias=not self.sigmoid_output)
         out = self.stack.out_width
         expected = self.shape[0] if self.conv else math.prod(self.shape)
         if out != expected:
@@ -223,13 +277,16 @@ class Decoder(nn.Module):
             raise UserError(f"decoder table makes {side}x{side} images; the data is {self.shape[1]}x{self.shape[1]}")
         self.output_bias = nn.Parameter(torch.zeros(self.shape)) if self.sigmoid_output else None
 
-    def logits(self, z: Tensor) -> Tensor:
+    def logits(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        embedding = _embed(self, y, "decoder")
+        if embedding is not None:
+            z = with_condition(z, embedding)
         h = self.stack(z[:, :, None, None] if self.conv else z)
         h = h.reshape(h.shape[0], *self.shape)
         return h + self.output_bias if self.output_bias is not None else h
 
-    def forward(self, z: Tensor) -> Tensor:
-        h = self.logits(z)
+    def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.logits(z, y)
         return torch.sigmoid(h) if self.sigmoid_output else h
 
     @torch.no_grad()
@@ -256,7 +313,8 @@ class Discriminator(nn.Module):
         self.x_stack = LayerStack(m.disc_x, x_width, m)
         self.z_stack = LayerStack(m.disc_z, m.latent_dim, m)
         self.conv = _is_conv(m.disc_x) or _is_conv(m.disc_z) or _is_conv(m.disc_xz)
-        joint_width = self.x_stack.out_width + self.z_stack.out_width
+        self.embed = condition_embedding(m)  # y's embedding joins D(x, z)'s input (official code)
+        joint_width = self.x_stack.out_width + self.z_stack.out_width + (m.y_embed_dim if self.embed else 0)
         self.xz_stack = LayerStack(m.disc_xz, joint_width, m, last_bias=True)
         self.out_width = self.xz_stack.out_width
         # BigBiGAN's unary scores s_x and s_z (Donahue & Simonyan 2019), read off D(x)'s and D(z)'s features.
@@ -272,10 +330,12 @@ class Discriminator(nn.Module):
             side = _spatial_size(m.disc_x, shape[1])
             raise UserError(f"D(x) table maps {shape[1]}x{shape[1]} images to {side}x{side}; expected 1x1")
 
-    def forward(self, x: Tensor, z: Tensor, terms: bool = False) -> Tensor | tuple[Tensor, ...]:
+    def forward(self, x: Tensor, z: Tensor, y: Tensor | None = None,
+                terms: bool = False) -> Tensor | tuple[Tensor, ...]:
         """Logits: [N] for the ALI game, [N, K+1] for a multi-logit head. With unary scores, their sum
         s_xz + s_x + s_z (BigBiGAN's total score). ``terms=True`` returns the score terms for the loss:
-        (s_xz,) or, with model.disc_unary, (s_xz, s_x, s_z)."""
+        (s_xz,) or, with model.disc_unary, (s_xz, s_x, s_z). ``y``: a conditional model's y [N, y_dim]; it
+        enters the joint score only (the unary scores see x alone and z alone)."""
         hx = self.x_stack(x)
         hz = self.z_stack(z[:, :, None, None] if self.conv else z)
         if self.conv:
@@ -283,7 +343,11 @@ class Discriminator(nn.Module):
             hz = hz.reshape(hz.shape[0], -1, 1, 1)
         else:
             hx, hz = hx.flatten(1), hz.flatten(1)
-        out = self.xz_stack(torch.cat([hx, hz], dim=1)).flatten(1)
+        joint = torch.cat([hx, hz], dim=1)
+        embedding = _embed(self, y, "discriminator")
+        if embedding is not None:
+            joint = with_condition(joint, embedding)
+        out = self.xz_stack(joint).flatten(1)
         joint = out.squeeze(1) if out.shape[1] == 1 else out
         if not self.unary:
             return (joint,) if terms else joint
@@ -300,10 +364,22 @@ class ALI(nn.Module):
         self.decoder = Decoder(cfg)
         self.discriminator = Discriminator(cfg)
         init_weights(self, cfg.model.init_std)
+        if cfg.model.spectral_norm:  # after the init: the parametrisation normalises the initial weights
+            apply_spectral_norm(self.discriminator)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         """G_z and G_x: the players that minimise the generator loss (paper Eq. 4)."""
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
+
+
+def apply_spectral_norm(module: nn.Module) -> None:
+    """Spectral normalisation (Miyato et al. 2018) on every conv and linear weight of ``module``: each weight is
+    divided by its largest singular value, estimated by one power iteration per training forward pass."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            spectral_norm(m)
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -328,5 +404,6 @@ def init_weights(module: nn.Module, std: float) -> None:
 def feature_dim(cfg: Config) -> int:
     """Width of ``Encoder.features`` for this config (documented per config in the README)."""
     enc = Encoder(cfg).eval()
+    y = torch.zeros(2, len(cfg.model.y_names)) if enc.embed is not None else None
     with torch.no_grad():
-        return enc.features(torch.zeros(2, *data_shape(cfg))).shape[1]
+        return enc.features(torch.zeros(2, *data_shape(cfg)), y).shape[1]

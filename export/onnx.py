@@ -5,6 +5,8 @@
   is z_mean + exp(z_log_sigma) * eps, section 3) and ``features`` [N, F], the section 4.3 SVM feature vector
   (the encoder output plus its last three hidden layers, as ``Encoder.features`` computes it).
 - ``decoder.onnx``: G_x(z). Input ``z`` [N, latent]; output ``images``.
+- A conditional model (section 4.4, Eq. 7) takes y as a second input ``y``, float32 [N, y_dim], in both files;
+  the metadata says what y means (``y_kind``, ``y_names``).
 
 The batch axis is dynamic. Every file carries the model's ``ModelMeta`` as JSON under the key ``alitool`` plus
 readable keys (image size, channels, value range, latent dim, outputs, precision, version, source hash), so a
@@ -35,6 +37,7 @@ from alitool.errors import UserError
 ENCODER_INPUT = "images"
 DECODER_INPUT = "z"
 DECODER_OUTPUT = "images"
+CONDITION_INPUT = "y"
 OPSET = 18
 # dynamo specialises a batch of 1 to a constant; 3 also differs from the parity batch, so a file that only
 # works at its example batch fails the check below.
@@ -53,9 +56,10 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, images: Tensor, y: Tensor | None = None) -> tuple[Tensor, ...]:
         taps: list[Tensor] = []
-        out = self.encoder.stack(images, taps).flatten(1)
+        embedding = None if y is None else self.encoder.embed(y)
+        out = self.encoder.stack(images, taps, extra=embedding).flatten(1)
         # Same slices as Encoder.features (last four rows) and Encoder.forward (chunk of the output);
         # the parity check compares against those methods, so a change there cannot go unnoticed.
         features = torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
@@ -69,36 +73,40 @@ def encoder_output_names(encoder: nn.Module) -> list[str]:
     return ["z_mean", "z_log_sigma", "features"] if encoder.stochastic else ["z_mean", "features"]
 
 
-def reference_encoder_outputs(encoder: nn.Module, images: Tensor) -> list[Tensor]:
+def reference_encoder_outputs(encoder: nn.Module, images: Tensor, y: Tensor | None = None) -> list[Tensor]:
     """What PyTorch itself says, through the Encoder's own methods (not through EncoderGraph)."""
+    cond = () if y is None else (y,)  # an unconditional encoder's methods take x alone
     with torch.no_grad():
-        z_mean, z_log_sigma = encoder(images)
-        features = encoder.features(images)
+        z_mean, z_log_sigma = encoder(images, *cond)
+        features = encoder.features(images, *cond)
     return [z_mean, features] if z_log_sigma is None else [z_mean, z_log_sigma, features]
 
 
-def to_onnx(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],
-            exporter: str = "dynamo", opset: int = OPSET) -> onnx.ModelProto:
-    """Trace ``module`` (eval mode) into an ONNX model with a dynamic batch axis."""
+def to_onnx(module: nn.Module, example: Tensor | tuple[Tensor, ...], input_name: str | list[str],
+            output_names: list[str], exporter: str = "dynamo", opset: int = OPSET) -> onnx.ModelProto:
+    """Trace ``module`` (eval mode) into an ONNX model with a dynamic batch axis, shared by all its inputs (one
+    example tensor and name, or a tuple and a list: a conditional model's (images or z, y))."""
     if exporter not in EXPORTERS:
         raise UserError(f"unknown ONNX exporter {exporter!r}; expected one of {', '.join(EXPORTERS)}")
+    examples = example if isinstance(example, tuple) else (example,)
+    input_names = input_name if isinstance(input_name, list) else [input_name]
     module = module.eval()
     with torch.no_grad():
-        shapes = [tuple(t.shape[1:]) for t in _as_tuple(module(example))]
+        shapes = [tuple(t.shape[1:]) for t in _as_tuple(module(*examples))]
     with warnings.catch_warnings(), _quiet_exporter_logs():
         warnings.simplefilter("ignore")  # deprecation chatter from the exporters, not actionable here
         if exporter == "dynamo":
             batch = torch.export.Dim("batch", min=1, max=1 << 20)
             program = torch.onnx.export(
-                module, (example,), None, dynamo=True, opset_version=opset, input_names=[input_name],
-                output_names=output_names, dynamic_shapes=({0: batch},), verbose=False,
+                module, examples, None, dynamo=True, opset_version=opset, input_names=input_names,
+                output_names=output_names, dynamic_shapes=tuple({0: batch} for _ in examples), verbose=False,
             )
             model = program.model_proto
         else:
             buffer = io.BytesIO()
-            axes = {input_name: {0: "batch"}, **{name: {0: "batch"} for name in output_names}}
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=min(opset, 20),
-                              input_names=[input_name], output_names=output_names, dynamic_axes=axes)
+            axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+            torch.onnx.export(module, examples, buffer, dynamo=False, opset_version=min(opset, 20),
+                              input_names=input_names, output_names=output_names, dynamic_axes=axes)
             model = onnx.load_from_string(buffer.getvalue())
     _declare_output_shapes(model, dict(zip(output_names, shapes, strict=True)))
     return model
@@ -149,6 +157,8 @@ def set_metadata(model: onnx.ModelProto, meta: ModelMeta, graph: str, precision:
         "latent_dim": str(meta.latent_dim),
         "feature_dim": str(meta.feature_dim),
         "input_layout": "NCHW float32" if meta.image_size else "ND float32",
+        **({"y_dim": str(meta.y_dim), "y_kind": meta.y_kind, "y_names": ",".join(meta.y_names)} if meta.y_dim else {}),
+        **({"weights": meta.weights} if meta.weights else {}),
         "version": meta.version,
         "source_sha256": meta.source_sha256,
         **(extra or {}),
@@ -219,6 +229,16 @@ def fresh_inputs(meta: ModelMeta, batch: int, seed: int) -> tuple[np.ndarray, np
     return images, rng.standard_normal((batch, meta.latent_dim)).astype(np.float32)
 
 
+def fresh_conditions(meta: ModelMeta, batch: int, seed: int) -> np.ndarray | None:
+    """Random y for a conditional model: one-hot classes or 0/1 attributes; None for an unconditional one."""
+    if not meta.y_dim:
+        return None
+    rng = np.random.default_rng([seed, 7])
+    if meta.y_kind == "class":
+        return np.eye(meta.y_dim, dtype=np.float32)[rng.integers(0, meta.y_dim, size=batch)]
+    return (rng.random((batch, meta.y_dim)) < 0.5).astype(np.float32)
+
+
 @dataclass
 class Parity:
     """Largest |ONNX Runtime - PyTorch| per output, and whether all are within rtol 1e-3 + atol 1e-4."""
@@ -267,18 +287,27 @@ def export_networks(encoder: nn.Module, decoder: nn.Module, meta: ModelMeta, out
     example_x, example_z = (torch.from_numpy(a) for a in fresh_inputs(meta, EXPORT_BATCH, seed=0))
     names = encoder_output_names(encoder)
     meta = replace(meta, has_encoder=True, has_decoder=True)
+    example_y = fresh_conditions(meta, EXPORT_BATCH, seed=0)
+    # A conditional model's y is a second input of both graphs (section 4.4).
+    conditioned = () if example_y is None else (torch.from_numpy(example_y),)
+    y_name = [] if example_y is None else [CONDITION_INPUT]
 
-    enc_model, used = _export_with_fallback(EncoderGraph(encoder), example_x, ENCODER_INPUT, names, exporter, log)
-    dec_model, _ = _export_with_fallback(decoder, example_z, DECODER_INPUT, [DECODER_OUTPUT], used, log)
+    enc_model, used = _export_with_fallback(EncoderGraph(encoder), (example_x, *conditioned),
+                                            [ENCODER_INPUT, *y_name], names, exporter, log)
+    dec_model, _ = _export_with_fallback(decoder, (example_z, *conditioned), [DECODER_INPUT, *y_name],
+                                         [DECODER_OUTPUT], used, log)
     set_metadata(enc_model, meta, "encoder")
     set_metadata(dec_model, meta, "decoder")
 
     x, z = fresh_inputs(meta, PARITY_BATCH, seed=1)
-    enc_parity = compare(cpu_session(enc_model).run(names, {ENCODER_INPUT: x}),
-                         reference_encoder_outputs(encoder, torch.from_numpy(x)), names, PARITY_BATCH)
+    y = fresh_conditions(meta, PARITY_BATCH, seed=1)
+    y_feed = {} if y is None else {CONDITION_INPUT: y}
+    y_torch = None if y is None else torch.from_numpy(y)
+    enc_parity = compare(cpu_session(enc_model).run(names, {ENCODER_INPUT: x, **y_feed}),
+                         reference_encoder_outputs(encoder, torch.from_numpy(x), y_torch), names, PARITY_BATCH)
     with torch.no_grad():
-        dec_reference = [decoder(torch.from_numpy(z))]
-    dec_parity = compare(cpu_session(dec_model).run([DECODER_OUTPUT], {DECODER_INPUT: z}), dec_reference,
+        dec_reference = [decoder(torch.from_numpy(z), *(() if y_torch is None else (y_torch,)))]
+    dec_parity = compare(cpu_session(dec_model).run([DECODER_OUTPUT], {DECODER_INPUT: z, **y_feed}), dec_reference,
                          [DECODER_OUTPUT], PARITY_BATCH)
     for graph, parity in (("encoder", enc_parity), ("decoder", dec_parity)):
         if not parity.ok:
@@ -290,8 +319,9 @@ def export_networks(encoder: nn.Module, decoder: nn.Module, meta: ModelMeta, out
     return ExportedPair(enc_path, dec_path, meta, enc_parity, dec_parity, used)
 
 
-def _export_with_fallback(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],
-                          exporter: str, log: Callable[[str], None]) -> tuple[onnx.ModelProto, str]:
+def _export_with_fallback(module: nn.Module, example: Tensor | tuple[Tensor, ...], input_name: str | list[str],
+                          output_names: list[str], exporter: str,
+                          log: Callable[[str], None]) -> tuple[onnx.ModelProto, str]:
     try:
         return to_onnx(module, example, input_name, output_names, exporter), exporter
     except UserError:

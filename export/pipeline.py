@@ -23,6 +23,7 @@ class ExportOptions:
     exporter: str = "dynamo"
     data_dir: str = ""
     force: bool = False  # export the ONNX files again even when they match the checkpoint
+    raw_weights: bool = False  # a train.ema run: export the raw weights instead of their average
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ExportReport:
 
 
 def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
-    from alitool.backends.torch_backend import load_networks, meta_from_config
+    from alitool.backends.torch_backend import load_networks_and_weights, meta_from_config
     from alitool.checkpoint import file_sha256
     from alitool.export.onnx import describe_outputs, export_networks
     from alitool.runs import run_checkpoint
@@ -46,18 +47,27 @@ def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[
     sha = file_sha256(checkpoint)
     encoder_path, decoder_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
 
-    if not options.force and _up_to_date((encoder_path, decoder_path), sha):
+    cfg, encoder, decoder, weights = load_networks_and_weights(checkpoint, raw_weights=options.raw_weights)
+    if options.raw_weights and not weights:
+        log(f"note: {checkpoint} keeps no weight average (train.ema was off); --raw-weights changes nothing")
+    if not options.force and _up_to_date((encoder_path, decoder_path), sha, weights):
         log(f"{encoder_path} and {decoder_path.name} are already exported from {checkpoint} "
             f"(sha256 {sha[:12]}); reusing them (--force exports again)")
         report.reused = True
-        cfg = load_networks(checkpoint)[0]
     else:
-        cfg, encoder, decoder = load_networks(checkpoint)
-        log(f"exporting {checkpoint} ({cfg.name}, sha256 {sha[:12]}) with the {options.exporter} ONNX exporter...")
-        pair = export_networks(encoder, decoder, meta_from_config(cfg, sha), out_dir, options.exporter, log)
+        which = {"ema": ", its weight average (train.ema; --raw-weights for the raw ones)",
+                 "raw": ", its raw weights"}.get(weights, "")
+        log(f"exporting {checkpoint} ({cfg.name}, sha256 {sha[:12]}{which}) with the {options.exporter} ONNX "
+            f"exporter...")
+        pair = export_networks(encoder, decoder, meta_from_config(cfg, sha, weights), out_dir, options.exporter, log)
         report.parity = [pair.encoder_parity.line("encoder"), pair.decoder_parity.line("decoder")]
-        log(f"wrote {encoder_path}: images [{_dims(pair.meta.input_shape)}] -> {describe_outputs(encoder_path)}")
-        log(f"wrote {decoder_path}: z [batch, {pair.meta.latent_dim}] -> {describe_outputs(decoder_path)}")
+        y_input = f", y [batch, {pair.meta.y_dim}]" if pair.meta.y_dim else ""
+        log(f"wrote {encoder_path}: images [{_dims(pair.meta.input_shape)}]{y_input} -> "
+            f"{describe_outputs(encoder_path)}")
+        log(f"wrote {decoder_path}: z [batch, {pair.meta.latent_dim}]{y_input} -> {describe_outputs(decoder_path)}")
+        if pair.meta.y_dim:
+            log(f"y means {pair.meta.y_kind} ({', '.join(pair.meta.y_names[:12])}"
+                f"{', ...' if pair.meta.y_dim > 12 else ''}); recorded in both files")
         log("metadata in both files (key 'alitool': image size, channels, value range, latent dim, config, "
             "version, source sha256)")
         for line in report.parity:
@@ -78,7 +88,7 @@ def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[
             log("warning: INT8 z_mean cosine similarity below 0.99; try more calibration images (--calib 2000) "
                 "or use encoder.onnx (fp32)")
         report.files.append(int8_path)
-    elif _up_to_date((int8_path,), sha):
+    elif _up_to_date((int8_path,), sha, weights):
         report.files.append(int8_path)  # from an earlier `--int8` of this checkpoint: still valid, still there
 
     if options.trt:
@@ -101,13 +111,14 @@ def _build_engines(out_dir: Path, report: ExportReport, options: ExportOptions, 
         report.files.append(engine)
 
 
-def _up_to_date(paths: tuple[Path, ...], sha: str) -> bool:
+def _up_to_date(paths: tuple[Path, ...], sha: str, weights: str = "") -> bool:
+    """Files exported from this checkpoint (sha256) and from the same weights (average or raw)."""
     from alitool.export.onnx import read_meta
 
     if not all(p.is_file() for p in paths):
         return False
     try:
-        return all(read_meta(p)[0].source_sha256 == sha for p in paths)
+        return all((m.source_sha256, m.weights) == (sha, weights) for m in (read_meta(p)[0] for p in paths))
     except UserError:
         return False
 

@@ -5,6 +5,10 @@ format with per-channel weight scales, calibrated on real images: the training s
 or a folder / .npy file given with ``--calib``. QDQ is also TensorRT 11's INT8 input format, so the one file
 serves ONNX Runtime on CPU and TensorRT on GPU. Fidelity is measured against the fp32 file on held-out images
 (the test split where the dataset has one): cosine similarity of z_mean and relative error.
+
+A conditional encoder (paper section 4.4) is calibrated and measured on dataset images with their own y; y itself
+stays float (the nodes that read it are left out of quantisation: an embedding of 0/1 values needs no int8).
+Calibration images from a folder or .npy carry no y, so a conditional model refuses them with one line.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import onnx
 from alitool.config import Config
 from alitool.errors import UserError
 from alitool.export.onnx import (
+    CONDITION_INPUT,
     ENCODER_INPUT,
     cpu_session,
     import_onnxruntime,
@@ -37,6 +42,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 class ImageSet:
     images: np.ndarray  # float32 [N, *input_shape] in the model's value range
     source: str  # where they came from, in words (kept in the INT8 file's metadata)
+    y: np.ndarray | None = None  # a conditional model's y of each image, float32 [N, y_dim]
+
+    def feed(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The encoder's inputs for images start..stop (and their y)."""
+        feed = {ENCODER_INPUT: self.images[start:stop]}
+        if self.y is not None:
+            feed[CONDITION_INPUT] = self.y[start:stop]
+        return feed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,6 +58,9 @@ class ImageSet:
 
 def calibration_set(cfg: Config, calib: str = "", data_dir: str = "", seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """(calibration images, held-out images) for ``--calib`` given as "", a count, a folder or a .npy file."""
+    from alitool.conditional import condition_of
+
+    condition = condition_of(cfg.model)
     spec = str(calib).strip()
     if spec == "" or spec.isdigit():
         count = int(spec) if spec else DEFAULT_CALIBRATION_IMAGES
@@ -52,10 +68,15 @@ def calibration_set(cfg: Config, calib: str = "", data_dir: str = "", seed: int 
             raise UserError("--calib: give at least 1 calibration image")
         pool = _dataset_split(cfg, "train", data_dir, calib_hint=True)
         order = np.random.default_rng(seed).permutation(len(pool))
-        calib_set = ImageSet(_as_float(pool[order[:count]]), f"{cfg.data.name} train split, {min(count, len(pool))} "
-                                                              f"random images (seed {seed})")
-        leftover = pool[order[count:]]
+        chosen = order[:count]
+        calib_set = ImageSet(_as_float(pool.x[chosen]), f"{cfg.data.name} train split, {min(count, len(pool))} "
+                                                         f"random images (seed {seed})",
+                             None if condition is None else condition.rows(pool, chosen))
+        leftover = (pool, order[count:])
     else:
+        if condition is not None:
+            raise UserError(f"--calib {spec}: this conditional model needs each calibration image's y, which a "
+                            f"folder or .npy does not give; calibrate on its dataset instead (--calib N)")
         path = Path(spec)
         if not path.exists():
             raise UserError(f"--calib {spec}: no such folder or .npy file (or give a number of training images)")
@@ -64,25 +85,32 @@ def calibration_set(cfg: Config, calib: str = "", data_dir: str = "", seed: int 
     return calib_set, heldout_set(cfg, data_dir, leftover)
 
 
-def heldout_set(cfg: Config, data_dir: str, leftover: np.ndarray | None) -> ImageSet:
-    """The dataset's test split where it has one; else the training images the calibration did not use."""
+def heldout_set(cfg: Config, data_dir: str, leftover: tuple | None) -> ImageSet:
+    """The dataset's test split where it has one; else the training images the calibration did not use
+    (``leftover``: (dataset, row indices))."""
+    from alitool.conditional import condition_of
+
+    condition = condition_of(cfg.model)
     try:
         test = _dataset_split(cfg, "test", data_dir)
         count = min(len(test), HELDOUT_IMAGES)
-        return ImageSet(_as_float(test[:count]), f"{cfg.data.name} test split, {count} images")
+        y = None if condition is None else condition.rows(test, slice(0, count))
+        return ImageSet(_as_float(test.x[:count]), f"{cfg.data.name} test split, {count} images", y)
     except UserError:
         pass
-    if leftover is not None and len(leftover):
-        return ImageSet(_as_float(leftover[:HELDOUT_IMAGES]),
-                        f"{cfg.data.name} train images not used for calibration, {min(len(leftover), HELDOUT_IMAGES)}")
+    if leftover is not None and len(leftover[1]):
+        pool, rows = leftover[0], leftover[1][:HELDOUT_IMAGES]
+        return ImageSet(_as_float(pool.x[rows]), f"{cfg.data.name} train images not used for calibration, {len(rows)}",
+                        None if condition is None else condition.rows(pool, rows))
     return ImageSet(np.zeros((0,), np.float32), "none available")
 
 
-def _dataset_split(cfg: Config, split: str, data_dir: str, calib_hint: bool = False) -> np.ndarray:
+def _dataset_split(cfg: Config, split: str, data_dir: str, calib_hint: bool = False):
+    """The ArrayDataset of ``split``; a missing training split says how to calibrate without it."""
     from alitool.data import load_dataset
 
     try:
-        return load_dataset(cfg, split, data_dir).x
+        return load_dataset(cfg, split, data_dir)
     except UserError as err:
         if not calib_hint:
             raise
@@ -149,18 +177,18 @@ def _square_resize(img: np.ndarray, size: int, channels: int) -> np.ndarray:
 # Quantisation.
 
 
-def _reader(images: np.ndarray):
+def _reader(images: ImageSet):
     from onnxruntime.quantization import CalibrationDataReader
 
     class ArrayReader(CalibrationDataReader):
-        """Feeds the calibration images to ONNX Runtime's calibrator in batches."""
+        """Feeds the calibration images (and their y) to ONNX Runtime's calibrator in batches."""
 
         def __init__(self):
-            self.batches = iter(range(0, len(images), CALIBRATION_BATCH))
+            self.batches = iter(range(0, len(images.images), CALIBRATION_BATCH))
 
         def get_next(self):
             start = next(self.batches, None)
-            return None if start is None else {ENCODER_INPUT: images[start : start + CALIBRATION_BATCH]}
+            return None if start is None else images.feed(start, start + CALIBRATION_BATCH)
 
     return ArrayReader()
 
@@ -187,11 +215,11 @@ def quantize_encoder(fp32_path: Path, int8_path: Path, calibration: ImageSet) ->
         onnx.save(without_outputs(onnx.load(str(fp32_path)), {"features"}), str(latent_only))
         quant_pre_process(str(latent_only), str(prepared), skip_symbolic_shape=False)
         quantize_static(
-            str(prepared), str(quantized), _reader(calibration.images),
+            str(prepared), str(quantized), _reader(calibration),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=float_output_nodes(prepared),
+            nodes_to_exclude=float_output_nodes(prepared) + condition_nodes(prepared),
             # What TensorRT's explicit quantisation accepts, so one file serves both runtimes: zero points of 0
             # (symmetric; z_mean cosine 0.9990 vs 0.9994 asymmetric on trained digits) and float biases (TensorRT
             # refuses an int32 DequantizeLinear; ONNX Runtime's CPU speed measured the same either way).
@@ -222,6 +250,13 @@ def without_outputs(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     del model.graph.initializer[:]
     model.graph.initializer.extend(used)
     return model
+
+
+def condition_nodes(model_path: Path) -> list[str]:
+    """The nodes that read a conditional model's input ``y`` (its embedding): left in float, so y is never
+    quantised (its 0/1 values and their embedding gain nothing from int8)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    return [node.name for node in model.graph.node if CONDITION_INPUT in node.input]
 
 
 PLUMBING_OPS = {"Reshape", "Flatten", "Concat", "Split", "Slice", "Shape", "Gather", "Squeeze", "Unsqueeze",
@@ -289,7 +324,6 @@ def measure_fidelity(fp32_path: Path, int8_path: Path, heldout: ImageSet, thread
     for path in (fp32_path, int8_path):
         session = cpu_session(Path(path), threads)
         outputs.append(np.concatenate([
-            session.run(["z_mean"], {ENCODER_INPUT: heldout.images[i : i + 256]})[0]
-            for i in range(0, len(heldout.images), 256)
+            session.run(["z_mean"], heldout.feed(i, i + 256))[0] for i in range(0, len(heldout.images), 256)
         ]))
     return z_mean_fidelity(outputs[0], outputs[1], heldout.source)

@@ -8,6 +8,9 @@ One code path for TensorRT 10.x and 11.x, branching on the major version where t
 Both: ONNX parser -> builder config with a workspace limit -> one optimization profile for the dynamic batch
 (min 1, opt = max = ``--batch``) -> ``build_serialized_network``. A JSON sidecar next to each engine records the
 TensorRT version, GPU, compute capability, precision and profile; the backend refuses mismatches.
+
+A conditional model (paper section 4.4) has a second input ``y`` [N, y_dim]: the profile gives every input the
+same batch range (written without a GPU to run it here: untested until a GPU machine runs tests/test_export_tensorrt).
 """
 
 from __future__ import annotations
@@ -84,12 +87,17 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: int,
     if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         # TF32 is on by default on Ampere and later (10-bit mantissa): an "fp32" engine should match PyTorch.
         config.clear_flag(trt.BuilderFlag.TF32)
-    tensor = network.get_input(0)
-    rest = tuple(tensor.shape)[1:]
-    shapes = {"min": (1, *rest), "opt": (batch, *rest), "max": (batch, *rest)}
+    # One profile, the same batch range for every input (images or z, and a conditional model's y).
     profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, shapes["min"], shapes["opt"], shapes["max"])
+    input_shapes = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]
+        input_shapes[tensor.name] = {"min": (1, *rest), "opt": (batch, *rest), "max": (batch, *rest)}
+        profile.set_shape(tensor.name, *input_shapes[tensor.name].values())
     config.add_optimization_profile(profile)
+    tensor = network.get_input(0)
+    shapes = input_shapes[tensor.name]
 
     log(f"building {engine_path.name} ({precision}, TensorRT {trt.__version__}, {gpu['gpu_name']}); "
         f"this takes a while...")
@@ -103,7 +111,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: int,
         "precision": precision,
         "tensorrt_version": trt.__version__,
         **gpu,
-        "profile": {"input": tensor.name, **{k: list(v) for k, v in shapes.items()}},
+        "profile": {"input": tensor.name, **{k: list(v) for k, v in shapes.items()},
+                    "inputs": {name: {k: list(v) for k, v in s.items()} for name, s in input_shapes.items()}},
         "onnx": Path(onnx_path).name,
         "onnx_sha256": file_sha256(onnx_path),
         "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -29,6 +29,7 @@ from alitool.config import Config
 from alitool.models import ALI, Decoder, Encoder, LayerStack, data_shape, init_weights, reparametrize
 from alitool.trainers.ali import ALIGame, check_update
 from alitool.trainers.losses import discriminator_loss
+from alitool.trainers.switches import refuse_switches
 
 
 def _adam(params: list[nn.Parameter], cfg: Config) -> torch.optim.Adam:
@@ -65,6 +66,7 @@ class GANGame:
     name = "gan"
 
     def __init__(self, cfg: Config, device: torch.device):
+        refuse_switches(cfg, self.name)  # the paper's baseline as the paper has it (docs/switches.md)
         self.cfg = cfg
         self.device = device
         self.decoder = Decoder(cfg).to(device)
@@ -148,6 +150,7 @@ class InverseMappingGame(_FrozenDecoderMixin):
     name = "gan-inverse"
 
     def __init__(self, cfg: Config, device: torch.device, decoder_state: dict[str, Tensor]):
+        refuse_switches(cfg, self.name)
         self.cfg = cfg
         self.device = device
         self.encoder = Encoder(cfg).to(device)
@@ -191,6 +194,7 @@ class PostHocGame(_FrozenDecoderMixin, ALIGame):
     name = "gan-posthoc"
 
     def __init__(self, cfg: Config, device: torch.device, decoder_state: dict[str, Tensor]):
+        refuse_switches(cfg, self.name)
         super().__init__(cfg, device)
         self.decoder = self.model.decoder
         self._load_decoder(decoder_state)
@@ -231,6 +235,7 @@ class VAEGame:
     name = "vae"
 
     def __init__(self, cfg: Config, device: torch.device):
+        refuse_switches(cfg, self.name)
         self.cfg = vae_config(cfg)  # the loop checkpoints this config: it describes the networks
         self.device = device
         net = ALI(self.cfg)  # builds and initialises the encoder and decoder exactly as ALI's

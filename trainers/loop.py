@@ -123,6 +123,13 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.train_data = train_data or load_dataset(cfg, "train", data_dir)
         self.eval_data = eval_data or self._eval_split(data_dir)
+        # Conditional ALI (section 4.4): the data says what y is (classes or attributes); the checkpoint records it.
+        self.condition = None
+        if cfg.model.conditional:
+            from alitool.conditional import condition_of, conditional_config
+
+            cfg = self.cfg = conditional_config(cfg, self.train_data)
+            self.condition = condition_of(cfg.model)
         self.steps_per_epoch = len(self.train_data) // cfg.train.batch_size
         if self.steps_per_epoch == 0:
             raise UserError(
@@ -147,6 +154,14 @@ class Trainer:
         n_grid = cfg.train.sample_grid
         self.fixed_z = torch.randn(n_grid, cfg.model.latent_dim, generator=gen)
         self.fixed_x = self.eval_data.float_batch(slice(0, min(n_grid // 2, len(self.eval_data))))
+        # y for the figures: the shown images' own y, and for samples the classes in turn (or real attribute rows).
+        self.fixed_y: dict[str, dict[str, torch.Tensor]] = {"sample": {}, "reconstruct": {}}
+        if self.condition is not None:
+            c = self.condition
+            rows = np.arange(n_grid) % (c.dim if c.kind == "class" else len(self.eval_data))
+            sample_y = c.one_hot(rows) if c.kind == "class" else c.rows(self.eval_data, rows)
+            self.fixed_y = {"sample": {"y": torch.from_numpy(sample_y)},
+                            "reconstruct": {"y": torch.from_numpy(c.rows(self.eval_data, slice(0, len(self.fixed_x))))}}
 
     def _eval_split(self, data_dir: str) -> ArrayDataset:
         for split in ("val", "test"):
@@ -206,8 +221,8 @@ class Trainer:
     def write_figures(self, epoch_label: str) -> float:
         """Samples and reconstructions for this epoch; returns the reconstruction MSE on the fixed batch."""
         self.game.train(False)
-        samples = self.game.sample(self.fixed_z).cpu()
-        recon = self.game.reconstruct(self.fixed_x).cpu()
+        samples = self.game.sample(self.fixed_z, **self.fixed_y["sample"]).cpu()
+        recon = self.game.reconstruct(self.fixed_x, **self.fixed_y["reconstruct"]).cpu()
         self.game.train(True)
         if samples.dim() == 4:  # images; vector data (2-D toy) draws its own figures
             save_grid(self.run_dir / "samples" / f"epoch_{epoch_label}.png", samples)
@@ -247,8 +262,10 @@ class Trainer:
                 for index in batches:
                     mine = index[self.dist.rank :: self.dist.world_size]  # this process's share of the batch
                     x = self.train_data.float_batch(mine).to(self.device, non_blocking=True)
+                    cond = {} if self.condition is None else {
+                        "y": torch.from_numpy(self.condition.rows(self.train_data, mine)).to(self.device)}
                     schedule_learning_rates(self.game, t.lr_schedule, self.pos.step, total)
-                    values = {k: float(v) for k, v in average_scalars(self.game.step(x), self.dist).items()}
+                    values = {k: float(v) for k, v in average_scalars(self.game.step(x, **cond), self.dist).items()}
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:
                         raise TrainingDiverged(

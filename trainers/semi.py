@@ -37,6 +37,7 @@ from alitool.errors import UserError
 from alitool.models import reparametrize
 from alitool.trainers.ali import ALIGame
 from alitool.trainers.speed import autocast, prepare_input
+from alitool.trainers.switches import refuse_switches
 
 
 def kplus1_config(cfg: Config) -> Config:
@@ -112,6 +113,7 @@ class SemiSupervisedGame(ALIGame):
     def __init__(self, cfg: Config, device: torch.device):
         if cfg.train.semi_supervised.labels <= 0:
             raise UserError("the K+1 game needs train.semi_supervised.labels > 0")
+        refuse_switches(cfg, self.name, allowed=("model.spectral_norm",))  # SN is part of D; the rest is the step
         # The K+1 step below is the simultaneous one-graph update on D(x, z)'s logits alone (section 4.3 as written).
         if cfg.train.update != "simultaneous" or cfg.model.disc_unary:
             raise UserError("the K+1 game supports train.update=simultaneous without model.disc_unary; got "

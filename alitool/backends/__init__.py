@@ -5,6 +5,8 @@
 - ``encode(images, kind="mean")``: float32 [N, C, H, W] in the model's value range -> float32 [N, D]
   (kind "mean": the posterior mean z_mean; "z": a sample of q(z|x); "paper": the section 4.3 SVM features),
 - ``decode(z)``: float32 [N, latent_dim] -> float32 images [N, C, H, W].
+A conditional model (paper section 4.4) takes its y [N, y_dim] as ``encode(images, kind, y=y)`` and
+``decode(z, y=y)``; ``meta.y_kind`` and ``meta.y_names`` say what y means (alitool/conditional.py).
 Inputs and outputs are NumPy arrays so that callers never need torch for ONNX / TensorRT models.
 """
 
@@ -37,6 +39,11 @@ class ModelMeta:
     source_sha256: str = ""
     has_encoder: bool = True
     has_decoder: bool = True
+    # Conditional ALI (section 4.4): y's width, "class" (one-hot) or "attributes" (0/1), and its entries' names.
+    y_dim: int = 0
+    y_kind: str = ""
+    y_names: tuple[str, ...] = ()
+    weights: str = ""  # "ema": the weight average of train.ema; "raw": raw weights of such a run; "": no average
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -49,6 +56,7 @@ class ModelMeta:
     def from_json(text: str) -> ModelMeta:
         values = json.loads(text)
         values["value_range"] = tuple(values.get("value_range", (0.0, 1.0)))
+        values["y_names"] = tuple(values.get("y_names", ()))
         return ModelMeta(**values)
 
 
@@ -56,14 +64,30 @@ class Backend(Protocol):
     meta: ModelMeta
     name: str
 
-    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray: ...
+    def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray: ...
 
-    def decode(self, z: np.ndarray) -> np.ndarray: ...
+    def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray: ...
 
 
 def check_kind(kind: str) -> None:
     if kind not in FEATURE_KINDS:
         raise UserError(f"unknown feature kind {kind!r}; expected one of {', '.join(FEATURE_KINDS)}")
+
+
+def check_condition(meta: ModelMeta, y: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``y`` as float32 [n, y_dim] for a conditional model (None for an unconditional one), or one clear line."""
+    if not meta.y_dim:
+        if y is not None:
+            raise UserError(f"model {meta.name!r} is not conditional: it takes no y (--class / --attrs)")
+        return None
+    if y is None:
+        what = "classes" if meta.y_kind == "class" else "attributes"
+        raise UserError(f"model {meta.name!r} is conditional on {meta.y_dim} {what}: give y (--class N or --attrs "
+                        f"A,B; the command's --help says how)")
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    if y.shape != (n, meta.y_dim):
+        raise UserError(f"y of shape {tuple(y.shape)}; this model takes [{n}, {meta.y_dim}] for {n} inputs")
+    return y
 
 
 def load_backend(path: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0) -> Backend:

@@ -4,6 +4,9 @@ Opens ``encoder.onnx`` / ``encoder.int8.onnx`` / ``decoder.onnx`` (a file, an ex
 with ``export/``), reads the model's metadata from the files, and picks execution providers from those this
 onnxruntime build has: TensorRT EP, then CUDA EP, then CPU. What ONNX Runtime actually uses is read back with
 ``session.get_providers()`` and reported, since a GPU build silently falls back to CPU without CUDA.
+
+A conditional model's files (paper section 4.4) take y as a second input named ``y`` (float32 [N, y_dim]) next
+to ``images`` or ``z``; its meaning is in the metadata (``ModelMeta.y_kind``, ``y_names``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alitool.backends import ModelMeta, check_kind
+from alitool.backends import ModelMeta, check_condition, check_kind
 from alitool.errors import UserError
 
 META_KEY = "alitool"  # metadata_props key holding ModelMeta as JSON (export/onnx.py writes it)
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ENCODER_FILES = ("encoder.onnx", "encoder.int8.onnx")
+CONDITION_INPUT = "y"  # a conditional model's second input (export/onnx.py)
 DECODER_FILES = ("decoder.onnx",)
 
 
@@ -121,28 +125,33 @@ class OnnxBackend:
             line += f" (asked for {', '.join(missing)} too; unavailable at run time, e.g. no CUDA device)"
         return line + (f"; {self.threads} threads" if self.threads else "")
 
-    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
+    def _feed(self, name: str, array: np.ndarray, y: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The session inputs: ``name`` -> array, plus ``y`` for a conditional model."""
+        y = check_condition(self.meta, y, len(array))
+        return {name: array} if y is None else {name: array, CONDITION_INPUT: y}
+
+    def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray:
         check_kind(kind)
         if "encoder" not in self.sessions:
             raise UserError(f"{self.files['decoder'].parent}: no encoder.onnx next to the decoder; cannot encode")
-        x = check_batch(images, self.meta.input_shape, "images")
+        feed = self._feed("images", check_batch(images, self.meta.input_shape, "images"), y)
         if kind == "paper":
             if "features" not in self._outputs("encoder"):
                 raise UserError(f"{self.files['encoder'].name} has no 'features' output (the INT8 encoder carries z "
                                 f"only); use encoder.onnx for the paper's SVM features")
-            return self.sessions["encoder"].run(["features"], {"images": x})[0]
+            return self.sessions["encoder"].run(["features"], feed)[0]
         if kind == "mean" or not self.stochastic:
-            return self.sessions["encoder"].run(["z_mean"], {"images": x})[0]
-        z_mean, z_log_sigma = self.sessions["encoder"].run(["z_mean", "z_log_sigma"], {"images": x})
+            return self.sessions["encoder"].run(["z_mean"], feed)[0]
+        z_mean, z_log_sigma = self.sessions["encoder"].run(["z_mean", "z_log_sigma"], feed)
         # Reparametrisation (paper section 3): one independent eps per latent dimension.
         eps = self.rng.standard_normal(z_mean.shape).astype(np.float32)
         return z_mean + np.exp(z_log_sigma) * eps
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
+    def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         if "decoder" not in self.sessions:
             raise UserError(f"{self.files['encoder'].parent}: no decoder.onnx next to the encoder; cannot decode")
         z = check_batch(z, (self.meta.latent_dim,), "z")
-        return self.sessions["decoder"].run(["images"], {"z": z})[0]
+        return self.sessions["decoder"].run(["images"], self._feed("z", z, y))[0]
 
 
 def _provider_options(provider: str, file: Path) -> dict[str, str]:

@@ -7,6 +7,9 @@ from PyTorch (already an alitool dependency), so no pycuda / cuda-python is need
 An engine only runs on the TensorRT version and GPU it was built for. The JSON sidecar written next to each
 engine (``encoder.engine.json``) records both, and a mismatch is refused with a clear message instead of
 TensorRT's deserialisation error.
+
+A conditional model's engines (paper section 4.4) have a second input ``y`` [N, y_dim] next to ``images`` or
+``z``; every input is fed by name. (Written against the TensorRT API without a GPU to run it here: untested.)
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alitool.backends import ModelMeta, check_kind
+from alitool.backends import ModelMeta, check_condition, check_kind
 from alitool.backends.onnx_backend import check_batch
 from alitool.errors import UserError
 
@@ -152,8 +155,9 @@ class TensorRTBackend:
     def max_batch(self, graph: str) -> int:
         return int(self.info[graph]["profile"]["max"][0])
 
-    def _run(self, graph: str, array: np.ndarray) -> dict[str, np.ndarray]:
-        """Run ``graph`` on ``array`` in chunks of the engine's largest profile batch; all outputs, as NumPy."""
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``graph`` on the arrays of ``feed`` (input name -> [N, ...], same N) in chunks of the engine's
+        largest profile batch; all outputs, as NumPy."""
         import tensorrt as trt
         import torch
 
@@ -161,15 +165,22 @@ class TensorRTBackend:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
+        if sorted(inputs) != sorted(feed):
+            raise UserError(f"{self.files[graph]}: the engine takes inputs {', '.join(inputs)}, not "
+                            f"{', '.join(feed)}")
+        count = len(next(iter(feed.values())))
         results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
         step = self.max_batch(graph)
         # A stream of our own: TensorRT warns that the default stream costs extra synchronisation.
         with torch.cuda.stream(self.stream):
-            for start in range(0, len(array), step):
-                x = torch.from_numpy(array[start : start + step]).to(self.device)
-                x = x.to(_torch_dtype(engine.get_tensor_dtype(inputs[0]))).contiguous()
-                context.set_input_shape(inputs[0], tuple(x.shape))
-                context.set_tensor_address(inputs[0], x.data_ptr())
+            for start in range(0, count, step):
+                held = []  # keep the input tensors alive until the engine has run
+                for name in inputs:
+                    x = torch.from_numpy(feed[name][start : start + step]).to(self.device)
+                    x = x.to(_torch_dtype(engine.get_tensor_dtype(name))).contiguous()
+                    context.set_input_shape(name, tuple(x.shape))
+                    context.set_tensor_address(name, x.data_ptr())
+                    held.append(x)
                 buffers = {}
                 for name in outputs:
                     dtype = _torch_dtype(engine.get_tensor_dtype(name))
@@ -181,12 +192,16 @@ class TensorRTBackend:
                     results[name].append(buffers[name].float().cpu().numpy())  # .cpu() waits for the stream
         return {n: np.concatenate(parts) if parts else np.zeros((0,), np.float32) for n, parts in results.items()}
 
-    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
+    def _feed(self, name: str, array: np.ndarray, y: np.ndarray | None) -> dict[str, np.ndarray]:
+        y = check_condition(self.meta, y, len(array))
+        return {name: array} if y is None else {name: array, "y": y}
+
+    def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray:
         check_kind(kind)
         if "encoder" not in self.engines:
             raise UserError("no encoder engine next to this decoder engine; cannot encode")
         x = check_batch(images, self.meta.input_shape, "images")
-        out = self._run("encoder", x)
+        out = self._run("encoder", self._feed("images", x, y))
         if kind == "paper":
             if "features" not in out:
                 raise UserError(f"{self.files['encoder'].name} has no 'features' output (INT8 engines carry z only); "
@@ -197,10 +212,11 @@ class TensorRTBackend:
         eps = self.rng.standard_normal(out["z_mean"].shape).astype(np.float32)
         return out["z_mean"] + np.exp(out["z_log_sigma"]) * eps  # reparametrisation (paper section 3)
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
+    def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         if "decoder" not in self.engines:
             raise UserError("no decoder engine next to this encoder engine; cannot decode")
-        return self._run("decoder", check_batch(z, (self.meta.latent_dim,), "z"))["images"]
+        z = check_batch(z, (self.meta.latent_dim,), "z")
+        return self._run("decoder", self._feed("z", z, y))["images"]
 
 
 def _torch_dtype(trt_dtype):

@@ -1,4 +1,9 @@
-"""PyTorch checkpoint backend: the reference the ONNX and TensorRT backends are checked against."""
+"""PyTorch checkpoint backend: the reference the ONNX and TensorRT backends are checked against.
+
+A checkpoint trained with ``train.ema`` holds the weight average next to the raw networks (``encoder_ema``,
+``decoder_ema``; trainers/ema.py): it is what this backend and ``alitool export`` use, unless asked for the raw
+weights (``raw_weights=True``, ``alitool export --raw-weights``).
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,39 @@ import numpy as np
 import torch
 
 from alitool import __version__
-from alitool.backends import ModelMeta, check_kind
+from alitool.backends import ModelMeta, check_condition, check_kind
 from alitool.checkpoint import file_sha256, load_checkpoint
 from alitool.config import Config, to_dict
 from alitool.errors import UserError
 from alitool.models import Decoder, Encoder, feature_dim
 from alitool.runs import run_checkpoint
 
+EMA_SUFFIX = "_ema"  # trainers/ema.py names the averaged networks "encoder_ema", "decoder_ema"
 
-def meta_from_config(cfg: Config, source_sha256: str = "") -> ModelMeta:
+
+def meta_from_config(cfg: Config, source_sha256: str = "", weights: str = "") -> ModelMeta:
+    m = cfg.model
+    names = tuple(m.y_names) if m.conditional else ()
     return ModelMeta(
         name=cfg.name, image_size=cfg.data.image_size, channels=cfg.data.channels,
-        latent_dim=cfg.model.latent_dim, feature_dim=feature_dim(cfg), config=to_dict(cfg),
+        latent_dim=m.latent_dim, feature_dim=feature_dim(cfg), config=to_dict(cfg),
         version=__version__, source_sha256=source_sha256,
+        y_dim=len(names), y_kind=m.y_kind if names else "", y_names=names, weights=weights,
     )
 
 
-def load_networks(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[Config, Encoder, Decoder]:
-    """Encoder and decoder of a checkpoint, in eval mode, on ``device``."""
+def network_state(models: dict, name: str, raw_weights: bool = False) -> tuple[dict, str]:
+    """(state dict, "ema" | "raw" | "") of network ``name`` in a checkpoint's models: its weight average when the
+    run kept one (train.ema) and ``raw_weights`` is not asked for."""
+    if name + EMA_SUFFIX in models:
+        return (models[name], "raw") if raw_weights else (models[name + EMA_SUFFIX], "ema")
+    return models[name], ""
+
+
+def load_networks_and_weights(checkpoint: str | Path, device: str | torch.device = "cpu",
+                              raw_weights: bool = False) -> tuple[Config, Encoder, Decoder, str]:
+    """Encoder and decoder of a checkpoint, in eval mode, on ``device``, and which weights they are (see
+    ``network_state``)."""
     payload = load_checkpoint(checkpoint, map_location=device)
     cfg = payload["config"]
     missing = [name for name in ("encoder", "decoder") if name not in payload["models"]]
@@ -33,35 +53,47 @@ def load_networks(checkpoint: str | Path, device: str | torch.device = "cpu") ->
         raise UserError(f"{checkpoint}: this {payload['extra'].get('game', 'model')} checkpoint has no "
                         f"{' and no '.join(missing)}; encode/decode/export need both")
     encoder, decoder = Encoder(cfg), Decoder(cfg)
-    encoder.load_state_dict(payload["models"]["encoder"])
-    decoder.load_state_dict(payload["models"]["decoder"])
-    return cfg, encoder.to(device).eval(), decoder.to(device).eval()
+    encoder_state, weights = network_state(payload["models"], "encoder", raw_weights)
+    encoder.load_state_dict(encoder_state)
+    decoder.load_state_dict(network_state(payload["models"], "decoder", raw_weights)[0])
+    return cfg, encoder.to(device).eval(), decoder.to(device).eval(), weights
+
+
+def load_networks(checkpoint: str | Path, device: str | torch.device = "cpu",
+                  raw_weights: bool = False) -> tuple[Config, Encoder, Decoder]:
+    """Encoder and decoder of a checkpoint (the weight average where the run kept one), in eval mode."""
+    return load_networks_and_weights(checkpoint, device, raw_weights)[:3]
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", raw_weights: bool = False):
         checkpoint = run_checkpoint(path)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.cfg, self.encoder, self.decoder = load_networks(checkpoint, self.device)
-        self.meta = meta_from_config(self.cfg, file_sha256(checkpoint))
+        self.cfg, self.encoder, self.decoder, weights = load_networks_and_weights(checkpoint, self.device, raw_weights)
+        self.meta = meta_from_config(self.cfg, file_sha256(checkpoint), weights)
+
+    def _y(self, y: np.ndarray | None, n: int) -> torch.Tensor | None:
+        y = check_condition(self.meta, y, n)
+        return None if y is None else torch.from_numpy(y).to(self.device)
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
+    def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray:
         check_kind(kind)
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+        cond = self._y(y, len(x))
         if kind == "paper":
-            out = self.encoder.features(x)
+            out = self.encoder.features(x, cond)
         elif kind == "z":
-            out = self.encoder.sample(x)
+            out = self.encoder.sample(x, cond)
         else:
-            out = self.encoder(x)[0]
+            out = self.encoder(x, cond)[0]
         return out.float().cpu().numpy()
 
     @torch.inference_mode()
-    def decode(self, z: np.ndarray) -> np.ndarray:
+    def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(self.device)
-        return self.decoder(t).float().cpu().numpy()
+        return self.decoder(t, self._y(y, len(t))).float().cpu().numpy()

@@ -26,8 +26,10 @@ from alitool.commands import user_errors
               help="torch.onnx exporter; torchscript is the older one, several times faster on CPU.")
 @click.option("--data-dir", default="", help="Where the run's dataset is, for INT8 calibration.")
 @click.option("--force", is_flag=True, help="Export the ONNX files again even if they match the checkpoint.")
+@click.option("--raw-weights", is_flag=True,
+              help="For a run trained with train.ema: export the raw weights, not their moving average (the default).")
 @user_errors
-def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data_dir, force) -> None:
+def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data_dir, force, raw_weights) -> None:
     """Export a trained model (default: the newest run under runs/) to ONNX, INT8 ONNX and TensorRT.
 
     Writes encoder.onnx (images -> z_mean, z_log_sigma, features) and decoder.onnx (z -> images) with a dynamic
@@ -40,6 +42,7 @@ def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data
       alitool export runs/digits --int8       # + encoder.int8.onnx and its fidelity vs fp32
       alitool export --int8 --calib photos/   # calibrate INT8 on your own images
       alitool export --trt --fp16 --batch 256 # + TensorRT engines (GPU machine)
+      alitool export runs/digits --raw-weights --out runs/digits/export-raw   # a train.ema run's raw weights
     """
     from alitool.export.pipeline import ExportOptions, export_checkpoint
     from alitool.runs import newest_run
@@ -49,6 +52,6 @@ def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data
         click.echo("note: --calib only matters with --int8; adding --int8", err=True)
         int8 = True
     options = ExportOptions(out=out, int8=int8, calib=calib, trt=trt, fp16=fp16, batch=batch, exporter=exporter,
-                            data_dir=data_dir, force=force)
+                            data_dir=data_dir, force=force, raw_weights=raw_weights)
     report = export_checkpoint(source, options, log=click.echo)
     click.echo(f"done: {', '.join(str(f) for f in report.files)}")

@@ -3,6 +3,10 @@
 Every command takes the same ``--model`` (a run folder, checkpoint.pt, an .onnx file or export folder, or a
 TensorRT .engine; default: the newest export under runs/, else the newest checkpoint) and prepares inputs
 from the model's own metadata, as in training. Library code: ``alitool.pipeline`` and ``alitool.io``.
+
+A conditional model (paper section 4.4) takes y from ``--class`` / ``--attrs`` (one y for every input), or, with
+``--dataset SPLIT``, from the labels of its own dataset; ``sample --grid`` draws the paper's figure 7
+(``alitool.conditional_run``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,41 @@ def model_options(fn):
                       help="Run folder, checkpoint .pt, .onnx file or export folder, or TensorRT .engine "
                            "(default: newest runs/*/export, else newest runs/*/checkpoint.pt).")(fn)
     return fn
+
+
+def condition_options(fn):
+    """--class, --attrs: y for a conditional model (paper section 4.4)."""
+    fn = click.option("--attrs", "attrs", default=None, metavar="A,B,...",
+                      help="Conditional models on attributes: those switched on (the others are 0), e.g. "
+                           "Male,Smiling,Eyeglasses.")(fn)
+    fn = click.option("--class", "class_", default=None, metavar="N|NAME",
+                      help="Conditional models on classes: the class, by index or name (e.g. 3 or Sneaker).")(fn)
+    return fn
+
+
+def dataset_options(fn):
+    """--dataset, --data-dir: a conditional model's own dataset split, each image with its own y."""
+    fn = click.option("--data-dir", default="", help="Where the model's dataset is (for --dataset).")(fn)
+    fn = click.option("--dataset", "dataset_split", default=None, metavar="SPLIT",
+                      help="Instead of SOURCES: the split (train, test, ...) of the model's own dataset, each image "
+                           "with its own label or attributes as y (conditional models).")(fn)
+    return fn
+
+
+def conditioned(loaded, class_, attrs, what: str):
+    """``loaded`` with the y of --class / --attrs fixed, or one line when a conditional model gets no y."""
+    from alitool.conditional import condition_of
+    from alitool.conditional_run import ConditionedBackend, fixed_condition
+
+    y = fixed_condition(loaded, class_, attrs)
+    if y is not None:
+        return ConditionedBackend(loaded, y)
+    condition = condition_of(loaded.meta)
+    if condition is not None:
+        flag = "--class" if condition.kind == "class" else "--attrs"
+        raise UserError(f"model {loaded.meta.name!r} is conditional on {condition.describe()}; {what} needs {flag}"
+                        f"{' or --dataset SPLIT' if what in ('encode', 'reconstruct') else ''}")
+    return loaded
 
 
 def input_options(fn):
@@ -81,8 +120,11 @@ def open_model(model: str | None, backend: str = "auto", device: str = "auto", n
         raise UserError(f"{path}: not a usable model ({type(err).__name__}: {reason})") from None
     if need_decoder:
         require_decoder(loaded, path, need_decoder)
-    click.echo(f"model: {path} ({loaded.name}, {loaded.meta.image_size}x{loaded.meta.image_size}x"
-               f"{loaded.meta.channels}, latent {loaded.meta.latent_dim})", err=True)
+    meta = loaded.meta
+    y = f", conditional on {meta.y_dim} {'classes' if meta.y_kind == 'class' else 'attributes'}" if meta.y_dim else ""
+    average = ", weight average (train.ema)" if meta.weights == "ema" else ""
+    click.echo(f"model: {path} ({loaded.name}, {meta.image_size}x{meta.image_size}x{meta.channels}, latent "
+               f"{meta.latent_dim}{y}{average})", err=True)
     return loaded
 
 
@@ -119,6 +161,14 @@ def _seed(seed: int | None, backend) -> None:
         backend.rng = np.random.default_rng(seed)
 
 
+def _sources_or_dataset(sources, dataset_split) -> None:
+    if sources and dataset_split:
+        raise UserError("give SOURCES or --dataset SPLIT, not both")
+    if not sources and not dataset_split:
+        raise UserError("nothing to read: give images, folders, globs, .txt lists or videos (or --dataset SPLIT "
+                        "for a conditional model's own dataset)")
+
+
 def _finish(report, strict: bool, wrote: str) -> None:
     click.echo(f"{report.summary()}; wrote {wrote}")
     if strict and (report.skipped or report.notices):
@@ -128,10 +178,12 @@ def _finish(report, strict: bool, wrote: str) -> None:
 
 
 @click.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Features file (.npy).")
 @model_options
 @input_options
+@condition_options
+@dataset_options
 @click.option("--features", type=click.Choice(["mean", "z", "paper"]), default="mean", show_default=True,
               help="mean: posterior mean z_mean; z: a sample of q(z|x); paper: the section 4.3 SVM features.")
 @click.option("--seed", type=int, default=None, help="Seed for --features z.")
@@ -143,8 +195,8 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @user_errors
-def encode(sources, out, model, backend, device, batch_size, workers, stride, features, seed, max_megapixels,
-           full_jpeg_decode, strict, progress) -> None:
+def encode(sources, out, model, backend, device, batch_size, workers, stride, class_, attrs, dataset_split, data_dir,
+           features, seed, max_megapixels, full_jpeg_decode, strict, progress) -> None:
     """Encode images, folders, globs, .txt path lists and videos to a float32 [N, D] .npy.
 
     Next to OUT goes OUT's name with .index.csv (row, source, frame, time_s): row i of the .npy is row i of
@@ -155,11 +207,23 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, fe
       alitool encode photos/ --out feats.npy
       alitool encode "shots/**/*.jpg" list.txt clip.mp4 --stride 5 --out feats.npy --model runs/svhn
       alitool encode folder/ --out feats.npy --model runs/svhn/export/encoder.int8.onnx --features paper
+      alitool encode --dataset test --out feats.npy --model runs/digits-cond   # conditional: labels as y
+      alitool encode photos/ --attrs Male,Smiling --out feats.npy --model runs/celeba
     """
     from alitool.pipeline import encode_to_npy, index_path_for
 
+    _sources_or_dataset(sources, dataset_split)
     loaded = open_model(model, backend, device)
     _seed(seed, loaded)
+    if dataset_split:
+        from alitool.conditional_run import encode_dataset_to_npy, fixed_condition
+
+        with interruptible(out):
+            report = encode_dataset_to_npy(loaded, dataset_split, out, kind=features, data_dir=data_dir,
+                                           y=fixed_condition(loaded, class_, attrs), batch_size=batch_size)
+        _finish(report, strict, f"{out} [{report.rows}, {report.dim}] and {index_path_for(out)}")
+        return
+    loaded = conditioned(loaded, class_, attrs, "encode")
     with interruptible(out):
         report = encode_to_npy(loaded, sources, out, kind=features, batch_size=batch_size, workers=workers,
                                stride=stride, max_pixels=int(max_megapixels * 1e6), progress=progress,
@@ -168,16 +232,19 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, fe
 
 
 @click.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="recon.png (a grid) or recon.mp4 / .avi (a side-by-side video).")
 @model_options
 @input_options
+@condition_options
+@dataset_options
 @click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True,
               help="Inputs shown in a PNG grid (the first N).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @user_errors
-def reconstruct(sources, out, model, backend, device, batch_size, workers, stride, n, strict) -> None:
+def reconstruct(sources, out, model, backend, device, batch_size, workers, stride, class_, attrs, dataset_split,
+                data_dir, n, strict) -> None:
     """Originals and their reconstructions x -> z -> x (paper figures 2-5).
 
     A .png OUT is a grid with originals and reconstructions in alternating columns; a video OUT shows each
@@ -187,11 +254,22 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
     Examples:
       alitool reconstruct folder/ --out recon.png
       alitool reconstruct clip.mp4 --stride 2 --out recon.mp4 --model runs/digits
+      alitool reconstruct --dataset test --out recon.png --model runs/digits-cond   # conditional: labels as y
+      alitool reconstruct --dataset test --class 3 --out as3.png --model runs/digits-cond
     """
     from alitool.io.pictures import check_picture_path, reconstruction_grid, reconstruction_video
 
-    kind = check_picture_path(out, allow_video=True)
+    _sources_or_dataset(sources, dataset_split)
+    kind = check_picture_path(out, allow_video=not dataset_split)
     loaded = open_model(model, backend, device, need_decoder="reconstruct")
+    if dataset_split:
+        from alitool.conditional_run import dataset_reconstruction_grid, fixed_condition
+
+        shown = dataset_reconstruction_grid(loaded, dataset_split, out, n=n, data_dir=data_dir,
+                                            y=fixed_condition(loaded, class_, attrs), batch_size=batch_size)
+        click.echo(f"{shown} images of the {dataset_split} split and their reconstructions; wrote {out}")
+        return
+    loaded = conditioned(loaded, class_, attrs, "reconstruct")
     with interruptible(out):
         if kind == "png":
             report = reconstruction_grid(loaded, sources, out, n=n, batch_size=batch_size, workers=workers,
@@ -208,8 +286,9 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
 @model_options
 @click.option("--steps", type=click.IntRange(min=2), default=8, show_default=True,
               help="Decoded points from z(A) to z(B), both ends included.")
+@condition_options
 @user_errors
-def interpolate(endpoints, out, model, backend, device, steps) -> None:
+def interpolate(endpoints, out, model, backend, device, steps, class_, attrs) -> None:
     """Decode the straight line from z(A) to z(B) (paper figure 6); originals at both ends.
 
     A and B are images or video frames (clip.mp4@120 is frame 120); several pairs make one row each.
@@ -218,11 +297,13 @@ def interpolate(endpoints, out, model, backend, device, steps) -> None:
     Examples:
       alitool interpolate a.png b.png --out interp.png
       alitool interpolate clip.mp4@0 clip.mp4@120 x.png y.png --steps 10 --out interp.png
+      alitool interpolate a.png b.png --class 7 --out interp.png --model runs/digits-cond
     """
     from alitool.io.pictures import check_picture_path, interpolation_grid
 
     check_picture_path(out)
-    loaded = open_model(model, backend, device, need_decoder="interpolate")
+    loaded = conditioned(open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
+                         "interpolate")
     rows = interpolation_grid(loaded, list(endpoints), out, steps=steps)
     click.echo(f"{rows} interpolation row{'s' if rows != 1 else ''} of {steps + 2} images; wrote {out}")
 
@@ -232,18 +313,45 @@ def interpolate(endpoints, out, model, backend, device, steps) -> None:
 @model_options
 @click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws z ~ N(0, I).")
+@condition_options
+@click.option("--grid", "grid", default=None, metavar="COLUMNS",
+              help="Conditional models, figure 7: one fixed z per row, one y per column. Classes: 'all' or a list "
+                   "(0,3,7). Attributes: 'A,B,C' (columns: none, A, B, C) or 'A;B,C;D' (each column's set); "
+                   "--attrs is switched on in every column.")
+@click.option("--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Rows (z draws) of --grid.")
 @user_errors
-def sample(out, model, backend, device, n, seed) -> None:
+def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> None:
     """Decode N draws from the prior z ~ N(0, I) into a grid.
+
+    A conditional model (section 4.4) decodes them with the y of --class or --attrs; --grid draws the paper's
+    figure 7 instead (rows: z, columns: classes or attribute settings). A class-conditional model given
+    neither draws the grid of all its classes.
 
     \b
     Examples:
       alitool sample --out samples.png
       alitool sample --n 100 --seed 3 --model runs/svhn/export --out samples.png
+      alitool sample --class 3 --out threes.png --model runs/digits-cond
+      alitool sample --attrs "Male,Smiling,Eyeglasses" --out faces.png --model runs/celeba
+      alitool sample --grid "Black_Hair;Blond_Hair;Blond_Hair,Bangs" --attrs Male --out grid.png --model runs/celeba
     """
+    from alitool.conditional import condition_of
+    from alitool.conditional_run import condition_grid, fixed_condition
     from alitool.io.pictures import check_picture_path, sample_grid
 
     check_picture_path(out)
     loaded = open_model(model, backend, device, need_decoder="sample")
-    sample_grid(loaded, out, n=n, seed=seed)
+    condition = condition_of(loaded.meta)
+    if grid is None and condition is not None and condition.kind == "class" and class_ is None and attrs is None:
+        grid = "all"  # nothing picked: show every class
+    if grid is not None:
+        if condition is None:
+            raise UserError(f"--grid: model {loaded.meta.name!r} is not conditional (trained without --conditional)")
+        if class_ is not None:
+            raise UserError("--grid puts the classes in columns; leave out --class")
+        titles, columns_y = condition.grid_columns(grid, fixed_condition(loaded, None, attrs))
+        condition_grid(loaded, out, columns_y, rows=rows, seed=seed)
+        click.echo(f"{rows} rows (z, seed {seed}) x {len(titles)} columns: {' | '.join(titles)}; wrote {out}")
+        return
+    sample_grid(conditioned(loaded, class_, attrs, "sample"), out, n=n, seed=seed)
     click.echo(f"{n} samples (seed {seed}); wrote {out}")

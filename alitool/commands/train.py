@@ -29,9 +29,12 @@ from alitool.errors import UserError
               help="Data-parallel processes on this machine (DistributedDataParallel through torchrun).")
 @click.option("--threads", type=int, default=0,
               help="CPU threads for PyTorch (default: PyTorch's choice). On a busy machine 1 can be much faster.")
+@click.option("--conditional", is_flag=True,
+              help="Conditional ALI (paper section 4.4): condition on the dataset's classes or CelebA's attributes "
+                   "(sets model.conditional=true).")
 @user_errors
 def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, resume, overrides, nproc,
-          threads) -> None:
+          threads, conditional) -> None:
     """Train ALI on DATASET (a config name from configs/ or a path to a YAML file).
 
     \b
@@ -42,6 +45,7 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
       alitool train digits --resume                 # continue the newest digits run
       alitool train digits --resume runs/digits-2   # continue that run
       alitool train digits --nproc 2                # 2 processes (DDP, gloo on CPU / NCCL on GPU)
+      alitool train celeba --conditional            # conditional ALI on the 40 attributes (section 4.4)
       torchrun --nproc-per-node 4 -m alitool.cli train svhn --out runs/svhn-ddp   # or torchrun directly
     """
     from alitool.config import load_config, with_train
@@ -50,18 +54,28 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
 
     flags = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "device": device, "seed": seed}
     flags = {k: v for k, v in flags.items() if v is not None}
+    if conditional:
+        overrides = (*overrides, "model.conditional=true")
     if resume is not None:
         from alitool.checkpoint import load_checkpoint
         from alitool.config import apply_overrides, from_dict, to_dict
 
         run_dir = _resume_dir(resume, dataset, out, DEFAULT_ROOT)
         cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+        was_conditional = cfg.model.conditional
         cfg = with_train(from_dict(apply_overrides(to_dict(cfg), list(overrides))), **flags)
+        if cfg.model.conditional != was_conditional:
+            raise UserError(f"{run_dir}: a resumed run keeps its networks; it was trained "
+                            f"{'with' if was_conditional else 'without'} model.conditional")
     else:
         cfg = with_train(load_config(dataset, overrides), **flags)
         if out is not None and (out / "checkpoint.pt").exists():
             raise UserError(f"{out} already holds a run; use --resume {out} to continue it, or another --out")
         run_dir = None
+    if cfg.model.conditional:
+        from alitool.conditional import check_conditional_dataset
+
+        check_conditional_dataset(cfg.data.name)  # one line before any data is read (folder, mixture25)
 
     if nproc > 1 and not distributed.launched_by_torchrun():
         # Choose the run folder once, here, then start nproc copies of this command under torchrun.

@@ -27,6 +27,7 @@ class ArrayDataset:
     y: np.ndarray | None = None  # int64 class labels, where the dataset has them
     attrs: np.ndarray | None = None  # e.g. CelebA's 40 binary attributes as 0/1 uint8
     attr_names: tuple[str, ...] = ()
+    class_names: tuple[str, ...] = ()  # what label k means; conditional ALI's one-hot y (alitool/conditional.py)
 
     def __len__(self) -> int:
         return len(self.x)

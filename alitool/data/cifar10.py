@@ -178,4 +178,4 @@ def load_cifar10(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
         n_val = len(images) // 10  # 5,000 of 50,000: the official code's subset=slice(45000, 50000)
         keep = slice(0, len(images) - n_val) if split == "train" else slice(len(images) - n_val, len(images))
         images, labels = images[keep], labels[keep]
-    return ArrayDataset("cifar10", split, np.ascontiguousarray(images), labels)
+    return ArrayDataset("cifar10", split, np.ascontiguousarray(images), labels, class_names=CLASSES)

@@ -9,6 +9,7 @@ from alitool.config import Config
 from alitool.data import ArrayDataset, register
 from alitool.errors import UserError
 
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
 TEST_FRACTION = 0.2  # a fixed, stratified 80/20 split (seed 0) so that test images are never trained on
 
 
@@ -32,4 +33,4 @@ def load_digits(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
         keep = np.ones_like(test)
     else:
         raise UserError(f"digits has splits train, test, all; not {split!r}")
-    return ArrayDataset("digits", split, images[keep], labels[keep])
+    return ArrayDataset("digits", split, images[keep], labels[keep], class_names=DIGIT_CLASSES)

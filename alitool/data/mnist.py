@@ -101,7 +101,8 @@ def _load(name: str, source: str, md5: dict[str, str], split: str, data_dir: str
     paths = fetch_files(name, [Remote(f, source + f, md5=md5[f]) for f in wanted], folder, dirs, source=source + hint,
                         alternatives={f: [f[: -len(".gz")]] for f in wanted})
     images, labels = load_idx_pair(paths[wanted[0]], paths[wanted[1]])
-    return ArrayDataset(name, split, images, labels)
+    classes = FASHION_CLASSES if name == "fashion-mnist" else tuple(str(d) for d in range(10))
+    return ArrayDataset(name, split, images, labels, class_names=classes)
 
 
 @register("mnist")

@@ -77,4 +77,4 @@ def load_svhn(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
     if split in ("train", "extra"):
         print(f"svhn: training on {path.name} ({len(images):,} images, as the official ALI code does); "
               f"monitoring on train_32x32.mat", file=sys.stderr)
-    return ArrayDataset("svhn", split, images, labels)
+    return ArrayDataset("svhn", split, images, labels, class_names=tuple(str(d) for d in range(10)))

@@ -81,4 +81,5 @@ def load_tinyimagenet(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
     if not names:
         raise UserError(f"{source}: no {split} images found under {prefix}{'train' if split == 'train' else 'val'}/")
     images, kept = load_images(source, names, cfg.data.image_size, cfg.data.channels, tag=f"tinyimagenet-{split}")
-    return ArrayDataset("tinyimagenet", split, images, np.asarray(labels, dtype=np.int64)[kept])
+    return ArrayDataset("tinyimagenet", split, images, np.asarray(labels, dtype=np.int64)[kept],
+                        class_names=tuple(wnids))

@@ -76,6 +76,7 @@ class RunNetworks:
 
 
 def load_run_networks(checkpoint: str | Path) -> RunNetworks:
+    from alitool.backends.torch_backend import network_state
     from alitool.models import Decoder, Encoder
 
     payload = load_checkpoint(checkpoint)
@@ -83,11 +84,11 @@ def load_run_networks(checkpoint: str | Path) -> RunNetworks:
     if "decoder" not in models:
         raise UserError(f"{checkpoint}: no decoder in this checkpoint")
     decoder = Decoder(cfg)
-    decoder.load_state_dict(models["decoder"])
+    decoder.load_state_dict(network_state(models, "decoder")[0])  # the weight average of train.ema, if kept
     encoder = None
     if "encoder" in models:
         encoder = Encoder(cfg)
-        encoder.load_state_dict(models["encoder"])
+        encoder.load_state_dict(network_state(models, "encoder")[0])
         encoder.eval()
     return RunNetworks(decoder.eval(), encoder, cfg.model.latent_dim)
 
