@@ -9,14 +9,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import TINY_DIGITS
+from test_data_formats import ATTRS, write_celeba
 
 from alitool.backends import load_backend
 from alitool.checkpoint import load_checkpoint
 from alitool.cli import main
 from alitool.conditional import Condition, condition_of
-from alitool.config import load_config, with_train
+from alitool.config import load_config, to_dict, with_train
 from alitool.data import ArrayDataset, load_dataset
 from alitool.errors import UserError
 from alitool.models import ALI, feature_dim
@@ -24,7 +26,6 @@ from alitool.trainers.loop import Trainer
 
 COND = ["model.conditional=true", "model.y_embed_dim=8"]
 CLASSES = ["model.y_kind=class", "model.y_names=[a,b,c]"]
-ATTRS = ("Male", "Smiling", "Eyeglasses", "Young", "Bangs")
 TINY_MLP = [  # the 2-D experiment's table shapes (section 4.5), with the encoder's noise input
     "model.encoder_noise_dim=2",
     "model.encoder=[[linear,0,0,16,true,0.0,relu],[linear,0,0,16,true,0.0,relu],[linear,0,0,2,false,0.0,linear]]",
@@ -90,14 +91,17 @@ def test_conditioning_adds_only_the_embeddings_and_the_widened_rows():
                        "discriminator.xz_stack.rows.0.conv.weight"}
 
 
+FIVE = ("Male", "Smiling", "Eyeglasses", "Young", "Bangs")
+
+
 def test_condition_from_labels_and_attributes():
     digits = load_dataset(load_config("digits"), "test")
     condition = Condition("class", digits.class_names)
     y = condition.rows(digits, slice(0, 20))
     assert y.shape == (20, 10) and np.array_equal(y.argmax(1), digits.y[:20]) and np.all(y.sum(1) == 1)
     faces = ArrayDataset("celeba", "train", np.zeros((3, 1, 8, 8), np.uint8), None,
-                         np.array([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1], [0, 0, 0, 0, 0]], np.uint8), ATTRS)
-    attrs = Condition("attributes", ATTRS)
+                         np.array([[1, 0, 1, 0, 0], [0, 1, 1, 0, 1], [0, 0, 0, 0, 0]], np.uint8), FIVE)
+    attrs = Condition("attributes", FIVE)
     assert np.array_equal(attrs.rows(faces, [1, 2]), faces.attrs[[1, 2]].astype(np.float32))
     assert np.array_equal(attrs.parse_attrs("male, eyeglasses"), [1, 0, 1, 0, 0])
     with pytest.raises(UserError, match="valid: Male, Smiling, Eyeglasses, Young, Bangs"):
@@ -110,12 +114,11 @@ def test_condition_from_labels_and_attributes():
 # -- training -----------------------------------------------------------------------------------------------
 
 
-def _train(run_dir, overrides, train_data=None, eval_data=None, steps=3):
+def _train(run_dir, overrides, steps=3):
     cfg = with_train(load_config("digits", TINY_DIGITS + overrides), max_steps=steps, batch_size=8, epochs=100)
-    if train_data is None:
-        train_data = load_dataset(cfg, "train")
-        train_data.x, train_data.y = train_data.x[:48], train_data.y[:48]
-    trainer = Trainer(cfg, run_dir, train_data=train_data, eval_data=eval_data, log=lambda msg: None)
+    train_data = load_dataset(cfg, "train")
+    train_data.x, train_data.y = train_data.x[:48], train_data.y[:48]
+    trainer = Trainer(cfg, run_dir, train_data=train_data, log=lambda msg: None)
     trainer.start_fresh()
     trainer.fit()
     return trainer
@@ -128,17 +131,23 @@ def class_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def attr_run(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    digits = load_dataset(load_config("digits"), "train")
-    faces = ArrayDataset("celeba", "train", digits.x[:48], None, rng.integers(0, 2, (48, len(ATTRS)), dtype=np.uint8),
-                         ATTRS)
-    return _train(tmp_path_factory.mktemp("attr") / "faces", COND, train_data=faces, eval_data=faces).run_dir
+    """`alitool train <celeba-shaped tiny config> --conditional` on CelebA's official file layout (6 images)."""
+    root = tmp_path_factory.mktemp("celeba")
+    write_celeba(root / "celeba")
+    config = root / "tiny_celeba.yaml"
+    cfg = load_config("digits", TINY_DIGITS + ["data.name=celeba", "model.y_embed_dim=8", "train.sample_grid=4"])
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    result = run("train", config, "--conditional", "--data-dir", root, "--max-steps", 2, "--batch-size", 2,
+                 "--threads", 1, "--out", root / "faces")
+    assert result.exit_code == 0, result.output
+    return root / "faces"
 
 
 def test_checkpoint_records_what_y_means(class_run, attr_run):
     cfg = load_checkpoint(class_run / "checkpoint.pt")["config"]
     assert (cfg.model.y_kind, cfg.model.y_names) == ("class", tuple("0123456789"))
-    assert condition_of(load_checkpoint(attr_run / "checkpoint.pt")["config"].model) == Condition("attributes", ATTRS)
+    assert condition_of(load_checkpoint(attr_run / "checkpoint.pt")["config"].model) == \
+        Condition("attributes", tuple(ATTRS))
     assert (class_run / "samples" / "epoch_001.png").is_file()
 
 
@@ -167,7 +176,7 @@ def test_sample_class_and_attrs(class_run, attr_run, tmp_path):
     result = run("sample", "--model", attr_run, "--attrs", "Male,Smiling,Eyeglasses", "--out", tmp_path / "a.png")
     assert result.exit_code == 0 and (tmp_path / "a.png").is_file(), result.output
     line = one_line_error(run("sample", "--model", attr_run, "--attrs", "Male,Beard", "--out", tmp_path / "b.png"))
-    assert "unknown attribute 'Beard'" in line and "valid: Male, Smiling, Eyeglasses, Young, Bangs" in line
+    assert "unknown attribute 'Beard'" in line and f"valid: {', '.join(ATTRS)}" in line
     assert "conditioned on attributes" in one_line_error(run("sample", "--model", attr_run, "--class", 1,
                                                              "--out", tmp_path / "c.png"))
 
@@ -192,7 +201,9 @@ def test_grid_has_one_row_per_z_and_one_column_per_setting(class_run, attr_run, 
     assert grid.shape == (2 * (CELL + PAD) + PAD, 3 * (CELL + PAD) + PAD)
     # Cell (r, c) is G_x(z_r, y_c): z_r from the seed, y_c = Male + the column's attributes.
     z = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
-    columns = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [1, 1, 0, 0, 1]], np.float32)
+    columns = np.zeros((3, 40), np.float32)
+    for column, names in enumerate((["Male", "Smiling"], ["Male", "Eyeglasses"], ["Male", "Smiling", "Bangs"])):
+        columns[column, [ATTRS.index(name) for name in names]] = 1
     backend = load_backend(attr_run)
     expected = backend.decode(np.repeat(z, 3, axis=0), y=np.tile(columns, (2, 1))).reshape(2, 3, 8, 8)
     assert not np.array_equal(expected[0, 0], expected[1, 0])  # another z in each row
