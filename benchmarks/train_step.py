@@ -96,6 +96,8 @@ def main() -> None:
     ]
     if args.compile:
         variants.append(("(c) torch.compile (fp32)", lambda: ALIGame(with_train(base, compile=True), device)))
+        variants.append(("(c) bf16 + channels_last + compile", lambda: ALIGame(
+            with_train(base, precision="bf16", channels_last=True, compile=True), device)))
     print(f"# {args.config} architecture, batch {args.batch}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}")
     print("| step | wall s/step | CPU s/step | speed-up vs (a) naive (CPU) | vs (b) default (CPU) |")
