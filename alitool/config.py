@@ -139,7 +139,8 @@ class TrainConfig:
     update: str = "simultaneous"
     lr_schedule: str = "constant"  # constant | linear (decays to 0 at the last step)
     # Speed switches (benchmarks/train_step.py measures them). "auto": bf16 autocast on CUDA GPUs that support
-    # it, fp32 elsewhere (on CPU, bf16 is a measured opt-in, see benchmarks/RESULTS.md).
+    # it and, for image models, on CPUs with native bf16 (AVX-512 BF16 / AMX); fp32 elsewhere and for vector data
+    # (trainers/speed.py says why; benchmarks/RESULTS.md has the speed and training-quality measurements).
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool = False  # NHWC memory format for the conv nets
     compile: bool = False  # torch.compile the three networks

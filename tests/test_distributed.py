@@ -44,4 +44,12 @@ def test_speed_switches_train_a_step(tiny_cfg):
         assert all(torch.isfinite(v) for v in values.values()), switches
         assert all(not torch.equal(b, p) for b, p in zip(before, game.model.parameters(), strict=True)
                    if p.requires_grad and p.dim() > 1), switches
-    assert load_config("digits").train.precision == "auto"
+    # the measured defaults (benchmarks/RESULTS.md): digits pins fp32, image configs ask for auto + channels_last,
+    # and auto never picks bf16 for vector data such as the 2-D mixture
+    from alitool.trainers.speed import use_bf16
+
+    assert load_config("digits").train.precision == "fp32"
+    svhn = load_config("svhn").train
+    assert svhn.precision == "auto" and svhn.channels_last
+    assert not use_bf16("auto", torch.device("cpu"), images=False)
+    assert use_bf16("bf16", torch.device("cpu"), images=False) and not use_bf16("fp32", torch.device("cpu"))

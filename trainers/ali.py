@@ -105,7 +105,7 @@ class ALIGame:
         x = prepare_input(x, self.cfg.train.channels_last)
         n = x.shape[0]
         y = self._condition(y)
-        with autocast(self.cfg.train.precision, self.device):
+        with autocast(self.cfg, self.device):
             z = torch.randn(n, self.cfg.model.latent_dim, device=x.device)  # p(z) = N(0, I)
             z_hat = reparametrize(*self.encoder(x, y))  # z_hat ~ q(z | x)
             x_tilde = self.decoder(z, y)  # x_tilde ~ p(x | z)
@@ -143,7 +143,7 @@ class ALIGame:
         weight = self.cfg.train.alice
         if not weight:
             return loss_g, {}
-        with autocast(self.cfg.train.precision, self.device):
+        with autocast(self.cfg, self.device):
             x_cycle = self.decoder(z_hat, y)
             z_cycle = reparametrize(*self.encoder(x_tilde, y))
         cycle = alice_cycle_loss(x, x_cycle, z, z_cycle, self.cfg.train.alice_norm)
@@ -155,7 +155,7 @@ class ALIGame:
         (s_xz,) each, or (s_xz, s_x, s_z) with BigBiGAN's unary scores (each term gets the loss)."""
         n = x.shape[0]
         both_y = None if y is None else torch.cat([y, y])
-        with autocast(self.cfg.train.precision, self.device):
+        with autocast(self.cfg, self.device):
             terms = self.discriminator(torch.cat([x, x_tilde.to(x.dtype)]), torch.cat([z_hat, z.to(z_hat.dtype)]),
                                        y=both_y, terms=True)
         terms = [t.float() for t in terms]

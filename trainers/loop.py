@@ -32,6 +32,7 @@ from alitool.data import ArrayDataset, iterate_batches, load_dataset
 from alitool.errors import TrainingDiverged, UserError
 from alitool.runs import CHECKPOINT
 from alitool.trainers.distributed import DistInfo, average_scalars, device_for
+from alitool.trainers.speed import describe_precision
 from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
 
 METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds")
@@ -248,6 +249,8 @@ class Trainer:
             return self.pos
         if t.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"train.lr_schedule {t.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+        self.log(f"training {self.cfg.name} on {self.device}, {describe_precision(self.cfg, self.device)}: "
+                 f"step {self.pos.step} -> {total}")
         self.game.train(True)
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
                    dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)

@@ -153,7 +153,7 @@ class SemiSupervisedGame(ALIGame):
         x_lab = prepare_input(self.x_labelled[pick], self.cfg.train.channels_last)
         y_lab = self.y_labelled[pick]
         m = len(pick)
-        with autocast(self.cfg.train.precision, self.device):
+        with autocast(self.cfg, self.device):
             x_q = torch.cat([x_lab, x])
             z = torch.randn(n, self.cfg.model.latent_dim, device=x.device)  # p(z) = N(0, I)
             z_hat = reparametrize(*self.encoder(x_q))  # z_hat ~ q(z | x), labelled and unlabelled alike
