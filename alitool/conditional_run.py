@@ -18,7 +18,7 @@ import numpy as np
 
 from alitool.conditional import Condition, broadcast_rows, condition_of
 from alitool.errors import UserError
-from alitool.pipeline import IndexWriter, NpyRowWriter, Record, RunReport, call_model, index_path_for
+from alitool.pipeline import FeatureFiles, Record, RunReport, call_model
 
 
 def fixed_condition(backend, class_text: str | None, attrs_text: str | None) -> np.ndarray | None:
@@ -139,33 +139,17 @@ def encode_dataset_to_npy(backend, split: str, out: str | Path, *, kind: str = "
                           y: np.ndarray | None = None, batch_size: int = 64) -> RunReport:
     """Encode every image of the model's dataset split with its own y (or the fixed ``y``) into ``out`` (.npy)
     and its index CSV (source ``<dataset>:<split>:<row>``), both written atomically."""
-    out = Path(out)
-    if out.suffix.lower() != ".npy":
-        raise UserError(f"--out {out}: the features file must end in .npy")
-    ds, condition = _dataset_for(backend, split, data_dir)
-    if len(ds) == 0:
-        raise UserError(f"the {ds.name} {split} split is empty; {out} was not written")
-    report, start = RunReport(), time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    npy: NpyRowWriter | None = None
-    index = IndexWriter(index_path_for(out))
-    try:
+    with FeatureFiles(out) as files:  # checks --out first; an error below removes its temporary files
+        ds, condition = _dataset_for(backend, split, data_dir)
+        if len(ds) == 0:
+            raise UserError(f"the {ds.name} {split} split is empty; {out} was not written")
+        report, start = RunReport(), time.perf_counter()
         for first in range(0, len(ds), batch_size):
             rows = slice(first, min(first + batch_size, len(ds)))
             x = _as_model_range(ds.float_batch(rows).numpy(), backend.meta.value_range)
             ys = condition.rows(ds, rows) if y is None else broadcast_rows(y, len(x))
             feats = _padded_calls(lambda xx, yy: backend.encode(xx, kind=kind, y=yy), (x, ys), batch_size)
-            if npy is None:
-                npy = NpyRowWriter(out, feats.shape[1])
-            npy.append(feats)
-            index.append([Record(f"{ds.name}:{split}:{i}") for i in range(rows.start, rows.stop)])
-        report.rows, report.dim = npy.rows, npy.dim
-        npy.commit()
-        index.commit()
-    except BaseException:
-        if npy is not None:
-            npy.abort()
-        index.abort()
-        raise
+            files.append(feats, [Record(f"{ds.name}:{split}:{i}") for i in range(rows.start, rows.stop)])
+        files.commit(report)
     report.seconds = time.perf_counter() - start
     return report

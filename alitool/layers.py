@@ -28,9 +28,9 @@ def _covers_input(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, side: tuple
         x.dim() == 4
         and tuple(x.shape[-2:]) == side
         and module.groups == 1
+        and not isinstance(module.padding, str)  # "same" / "valid": leave them to torch
         and all(p == 0 for p in module.padding)
         and all(d == 1 for d in module.dilation)
-        and not isinstance(module.padding, str)
     )
 
 

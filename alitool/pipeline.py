@@ -364,6 +364,43 @@ class IndexWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class FeatureFiles:
+    """The features ``.npy`` and its index CSV, written as a pair: ``commit()`` lands both; leaving the ``with``
+    block on an exception removes both temporary files, so a failed run never leaves half a result."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        if self.out.suffix.lower() != ".npy":
+            raise UserError(f"--out {self.out}: the features file must end in .npy")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.npy: NpyRowWriter | None = None  # opened at the first batch, when the feature width is known
+        self.index = IndexWriter(index_path_for(self.out))
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.npy is None else self.npy.rows
+
+    def append(self, feats: np.ndarray, records: list[Record]) -> None:
+        if self.npy is None:
+            self.npy = NpyRowWriter(self.out, feats.shape[1] if feats.ndim == 2 else 0)
+        self.npy.append(feats)
+        self.index.append(records)
+
+    def commit(self, report: RunReport) -> None:
+        report.rows, report.dim = self.npy.rows, self.npy.dim
+        self.npy.commit()
+        self.index.commit()
+
+    def __enter__(self) -> FeatureFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            if self.npy is not None:
+                self.npy.abort()
+            self.index.abort()
+
+
 @dataclass
 class RunReport:
     """What a run did: rows produced, and every input skipped or worth a warning, in input order."""
@@ -449,36 +486,21 @@ def encode_to_npy(backend, sources: Iterable[str], out: str | Path, *, kind: str
     index CSV atomically. Bad inputs are skipped with one warning line each and listed in the report."""
     from tqdm import tqdm
 
-    out = Path(out)
-    if out.suffix.lower() != ".npy":
-        raise UserError(f"--out {out}: the features file must end in .npy")
     report = report or RunReport()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    npy: NpyRowWriter | None = None
-    index = IndexWriter(index_path_for(out))
-    bar = tqdm(unit="img", desc="encode", disable=None if progress else True, file=sys.stderr, smoothing=0.1)
-    start = time.perf_counter()
-    try:
-        for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
-                                   stride=stride, max_pixels=max_pixels, jpeg_draft=jpeg_draft):
-            feats = call_model(backend.encode, batch.images, kind=kind)[: batch.count]
-            if npy is None:
-                npy = NpyRowWriter(out, feats.shape[1] if feats.ndim == 2 else 0)
-            npy.append(feats)
-            index.append(batch.records)
-            bar.update(batch.count)
-        if npy is None or npy.rows == 0:
-            raise UserError(f"nothing to encode: no usable image or video frame in the sources "
-                            f"({len(report.skipped)} skipped); {out} was not written")
-        report.rows, report.dim = npy.rows, npy.dim
-        npy.commit()
-        index.commit()
-    except BaseException:
-        if npy is not None:
-            npy.abort()
-        index.abort()
-        raise
-    finally:
-        bar.close()
+    with FeatureFiles(out) as files:
+        bar = tqdm(unit="img", desc="encode", disable=None if progress else True, file=sys.stderr, smoothing=0.1)
+        start = time.perf_counter()
+        try:
+            for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
+                                       stride=stride, max_pixels=max_pixels, jpeg_draft=jpeg_draft):
+                feats = call_model(backend.encode, batch.images, kind=kind)[: batch.count]
+                files.append(feats, batch.records)
+                bar.update(batch.count)
+            if files.rows == 0:
+                raise UserError(f"nothing to encode: no usable image or video frame in the sources "
+                                f"({len(report.skipped)} skipped); {out} was not written")
+            files.commit(report)
+        finally:
+            bar.close()
     report.seconds = time.perf_counter() - start
     return report
