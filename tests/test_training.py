@@ -169,3 +169,19 @@ def test_batches_are_reproducible_and_skip_on_resume():
     assert len(full) == 3 and len(np.unique(np.concatenate(full))) == 9
     assert [b.tolist() for b in iterate_batches(10, 3, seed=1, epoch=4, start=1)] == [b.tolist() for b in full[1:]]
     assert full[0].tolist() != next(iterate_batches(10, 3, seed=1, epoch=5)).tolist()
+
+
+def test_a_log_that_is_a_file_gets_plain_progress_lines(tiny_cfg, tmp_path, monkeypatch):
+    """Under pytest stderr is not a terminal, so tqdm draws nothing: the loop logs the progress as lines."""
+    import alitool.trainers.loop as loop_module
+    from alitool.config import with_train
+
+    monkeypatch.setattr(loop_module, "PLAIN_PROGRESS_SECONDS", 0.0)
+    lines = []
+    trainer = Trainer(with_train(tiny_cfg, max_steps=4, epochs=100), tmp_path / "run",
+                      train_data=_small_train_set(tiny_cfg), log=lines.append)
+    trainer.start_fresh()
+    trainer.fit()
+    progress = [line for line in lines if line.startswith("step ")]
+    assert [line.split(" ")[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
+    assert "loss_d" in progress[-1] and "s/step" in progress[-1] and progress[-1].endswith("left")

@@ -35,6 +35,10 @@ from alitool.trainers.distributed import DistInfo, average_scalars, device_for
 from alitool.trainers.speed import describe_precision
 from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
 
+# Where stderr is not a terminal (nohup, CI, a batch scheduler) tqdm draws nothing; the loop then logs one
+# progress line this often instead, so a long epoch is never silent.
+PLAIN_PROGRESS_SECONDS = 60.0
+
 METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds")
 
 
@@ -255,6 +259,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
                    dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)
         last_save = time.monotonic()
+        plain_progress = PlainProgress(self.log, total) if bar.disable and self.dist.is_main else None
         stop = StopRequests()
         try:
             stop.__enter__()
@@ -285,6 +290,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss_d=f"{values['loss_d']:.3f}", loss_g=f"{values['loss_g']:.3f}",
                                     img_s=f"{rate:.0f}", refresh=False)
+                    if plain_progress:
+                        plain_progress.update(self.pos.step, values, rate)
                     if self.pos.step >= total or stop.signum is not None:
                         break
                     if (t.checkpoint_every_steps and self.pos.step % t.checkpoint_every_steps == 0) or \
@@ -322,3 +329,24 @@ class Trainer:
         self.log(f"epoch {row['epoch']:.2f} step {self.pos.step}: loss_d {row['loss_d']:.3f} "
                  f"loss_g {row['loss_g']:.3f} recon_mse {row['recon_mse']:.4f} "
                  f"({row['images_per_s']:.0f} img/s, {seconds:.1f} s)")
+
+
+class PlainProgress:
+    """The progress bar's content as a log line every PLAIN_PROGRESS_SECONDS, for logs that are files."""
+
+    def __init__(self, log: Callable[[str], None], total: int):
+        self.log, self.total = log, total
+        self.started = self.last = time.monotonic()
+        self.first_step: int | None = None
+
+    def update(self, step: int, values: dict[str, float], images_per_s: float) -> None:
+        now = time.monotonic()
+        if self.first_step is None:
+            self.first_step = step - 1
+        if now - self.last < PLAIN_PROGRESS_SECONDS and step < self.total:
+            return
+        self.last = now
+        per_step = (now - self.started) / max(step - self.first_step, 1)
+        eta = time.strftime("%H:%M:%S", time.gmtime(per_step * (self.total - step)))
+        self.log(f"step {step}/{self.total} ({100 * step / self.total:.0f}%): loss_d {values['loss_d']:.3f} "
+                 f"loss_g {values['loss_g']:.3f}, {images_per_s:.0f} img/s, {per_step:.2f} s/step, {eta} left")
