@@ -141,6 +141,26 @@ def test_step_gradients_are_each_players_own_k_plus_1_loss():
                 torch.testing.assert_close(param.grad, expected, rtol=1e-3, atol=1e-6)
 
 
+def test_alice_adds_its_weighted_cycle_term_to_the_generator_loss_only():
+    """train.alice in the K+1 game: same draws, D's loss unchanged, G's loss grows by lambda * the cycle term."""
+    plain = SemiSupervisedGame(semi_cfg(), torch.device("cpu"))
+    with_alice = SemiSupervisedGame(semi_cfg("train.alice=2"), torch.device("cpu"))
+    with_alice.model.load_state_dict(plain.model.state_dict())
+    train = load_dataset(semi_cfg(), "train")
+    plain.attach_data(train)
+    with_alice.attach_data(train)
+    x = torch.rand(16, 1, 8, 8)
+    torch.manual_seed(3)
+    a = plain.step(x)
+    torch.manual_seed(3)
+    b = with_alice.step(x)
+    assert "alice" not in a and float(b["alice"]) > 0
+    assert float(b["loss_d"]) == pytest.approx(float(a["loss_d"]), rel=1e-6)
+    assert float(b["loss_g"]) == pytest.approx(float(a["loss_g"]) + 2 * float(b["alice"]), rel=1e-5)
+    moved = [not torch.equal(p, q) for p, q in zip(plain.g_params, with_alice.g_params, strict=True)]
+    assert any(moved)
+
+
 def test_k_plus_1_refuses_switches_it_does_not_implement():
     for switch in ("train.update=alternating", "model.disc_unary=true"):
         with pytest.raises(UserError, match="K\\+1 game supports"):

@@ -13,8 +13,9 @@ Writing s(x, z) = logsumexp(l_1..l_K) - l_{K+1}, one has p(K+1) = sigmoid(-s), s
 exactly ALI's binary game with logit s: softplus(-s_q) + softplus(s_p) (trainers/losses.py). (Salimans' full
 -log p(y | x) on labelled data equals L_supervised plus the unlabelled term on those pairs; like their code, we
 apply the real/fake term to the unlabelled batch.) The encoder and decoder play the matching non-saturating swap,
-softplus(s_q) + softplus(-s_p), on the unlabelled and generated pairs (paper Eq. 4); the supervised term trains
-D only. D's class prediction for a test image is argmax_k<=K l_k(x, mu(x)) (``class_logits``).
+softplus(s_q) + softplus(-s_p), on the unlabelled and generated pairs (paper Eq. 4), plus ALICE's cycle term on
+the unlabelled pairs when ``train.alice`` is on; the supervised term trains D only. D's class prediction for a
+test image is argmax_k<=K l_k(x, mu(x)) (``class_logits``).
 
 The game holds the labelled subset itself: ``attach_data`` picks ``labels`` training examples, balanced over the
 K classes and drawn with train.seed, and each step draws a labelled batch from them with torch's generator (so a
@@ -113,7 +114,9 @@ class SemiSupervisedGame(ALIGame):
     def __init__(self, cfg: Config, device: torch.device):
         if cfg.train.semi_supervised.labels <= 0:
             raise UserError("the K+1 game needs train.semi_supervised.labels > 0")
-        refuse_switches(cfg, self.name, allowed=("model.spectral_norm",))  # SN is part of D; the rest is the step
+        # Spectral norm is part of D; ALICE's cycle term only adds to the encoder/decoder loss (on the unlabelled
+        # pairs), so it carries over unchanged. The loss and EMA switches are not implemented for the K+1 game.
+        refuse_switches(cfg, self.name, allowed=("model.spectral_norm", "train.alice"))
         # The K+1 step below is the simultaneous one-graph update on D(x, z)'s logits alone (section 4.3 as written).
         if cfg.train.update != "simultaneous" or cfg.model.disc_unary:
             raise UserError("the K+1 game supports train.update=simultaneous without model.disc_unary; got "
@@ -163,6 +166,7 @@ class SemiSupervisedGame(ALIGame):
         labelled, unlabelled, fake = logits[:m], logits[m : m + n], logits[m + n :]
         loss_d, loss_sup = kplus1_discriminator_loss(labelled, y_lab, unlabelled, fake)
         loss_g = kplus1_generator_loss(unlabelled, fake)
+        loss_g, extra = self._add_alice(loss_g, x, None, z, z_hat[m:], x_tilde)
 
         self.opt_d.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -174,4 +178,4 @@ class SemiSupervisedGame(ALIGame):
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "loss_sup": loss_sup.detach(),
                 "acc_labelled": accuracy.detach(),
                 "d_real": torch.sigmoid(real_logit(unlabelled)).mean().detach(),
-                "d_fake": torch.sigmoid(real_logit(fake)).mean().detach()}
+                "d_fake": torch.sigmoid(real_logit(fake)).mean().detach(), **extra}
