@@ -87,6 +87,27 @@ def test_standardisation_folded_into_the_weights_matches_a_scaled_pipeline():
     np.testing.assert_allclose(folded.decision_function(x), reference.decision_function(x), rtol=1e-5, atol=1e-6)
 
 
+def test_fewer_examples_than_features_fits_the_same_svm_in_their_span():
+    """n < d: the fit in the span of the examples scores every point like a pipeline on all d features."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 200)) * rng.uniform(0.1, 10, size=200) + rng.normal(size=200)
+    y = np.repeat(np.arange(3), 10)
+    x[y == 2, :5] += 1.5
+    unseen = rng.normal(size=(50, 200)) * 3
+    folded, converged = fit_standardised_svm(x, y, c=0.1)
+    reference = make_pipeline(StandardScaler(), LinearSVC(C=0.1, dual=True, max_iter=2000, random_state=0))
+    reference.fit(x, y)
+    assert converged and folded.coef_.shape == (3, 200)
+    for points in (x, unseen):  # equal up to the solver's stopping tolerance (scores are of order 1)
+        np.testing.assert_allclose(folded.decision_function(points), reference.decision_function(points),
+                                   rtol=1e-3, atol=1e-3)
+        assert (folded.predict(points) == reference.predict(points)).all()
+
+
 def _noisy_blobs(n, seed, dims=40):
     """Two classes apart along one axis, buried in ``dims`` - 1 noise dimensions: C matters with 20 labels."""
     rng = np.random.default_rng(seed)
