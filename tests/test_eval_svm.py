@@ -81,7 +81,7 @@ def test_standardisation_folded_into_the_weights_matches_a_scaled_pipeline():
     y = np.repeat(np.arange(3), 20)
     x[y == 1, 0] += 2
     folded, converged = fit_standardised_svm(x, y, c=0.5)
-    reference = make_pipeline(StandardScaler(), LinearSVC(C=0.5, dual="auto", max_iter=2000, random_state=0))
+    reference = make_pipeline(StandardScaler(), LinearSVC(C=0.5, dual=True, max_iter=2000, random_state=0))
     reference.fit(x, y)
     assert converged
     np.testing.assert_allclose(folded.decision_function(x), reference.decision_function(x), rtol=1e-5, atol=1e-6)

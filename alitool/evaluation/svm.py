@@ -120,7 +120,9 @@ def fit_standardised_svm(x: np.ndarray, y: np.ndarray, c: float, max_iter: int =
     std[std < 1e-8] = 1.0  # constant features (dead units, border pixels) stay constant
     x = (x - mean) / std
     basis = np.linalg.qr(x.T)[0] if x.shape[0] < x.shape[1] else None  # [features, examples]
-    svm = LinearSVC(C=c, loss="squared_hinge", dual="auto", max_iter=max_iter, random_state=0)
+    # liblinear's dual solver: with the protocol's small labelled sets it is the fast one at every C (1000 x 784
+    # Fashion pixels: 2.8 vs 3.9 CPU-s at C = 0.01, 7.7 vs 95 at C = 1), whereas "auto" picks the primal for n > d.
+    svm = LinearSVC(C=c, loss="squared_hinge", dual=True, max_iter=max_iter, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         svm.fit(x if basis is None else x @ basis, y)
