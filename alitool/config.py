@@ -320,9 +320,24 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def read_config_values(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's values, on top of the config its ``base:`` key names (a config name or a .yaml path),
+    so that a variant (mnist.yaml on fashion_mnist.yaml) states only what differs."""
+    values = read_yaml(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{path}: base must be a config name or a .yaml path, got {base!r}")
+    base_path = resolve_config_path(base)
+    if base_path.resolve() in seen + (path.resolve(),):
+        raise UserError(f"{path}: base {base!r} leads back to itself")
+    return _deep_merge(read_config_values(base_path, seen + (path.resolve(),)), values)
+
+
 def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, ...] = ()) -> Config:
     path = resolve_config_path(name_or_path)
-    values = read_yaml(path)
+    values = read_config_values(path)
     values.setdefault("name", path.stem.replace("_", "-"))
     return from_dict(apply_overrides(values, list(overrides)))
 

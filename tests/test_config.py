@@ -87,3 +87,25 @@ def test_yaml_path_config(tmp_path):
     assert cfg.name == "mine" and cfg.train.epochs == 2
     with pytest.raises(UserError, match="config file not found"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_a_config_states_only_what_differs_from_its_base(tmp_path):
+    mnist, fashion = load_config("mnist"), load_config("fashion_mnist")
+    assert (mnist.name, mnist.data.name, fashion.data.name) == ("mnist", "mnist", "fashion-mnist")
+    assert mnist.model == fashion.model and mnist.train == fashion.train
+    variant = tmp_path / "wider.yaml"
+    variant.write_text(f"base: {tmp_path / 'mid.yaml'}\nmodel: {{latent_dim: 48}}\n")
+    (tmp_path / "mid.yaml").write_text("base: digits\ntrain: {lr: 5.0e-4}\n")
+    cfg = load_config(str(variant))
+    assert (cfg.model.latent_dim, cfg.train.lr) == (48, 5e-4)
+    assert cfg.model.encoder == load_config("digits").model.encoder  # lists come whole from the base
+
+
+def test_a_base_that_loops_or_is_missing_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(UserError, match="leads back to itself"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: no_such_config\n")
+    with pytest.raises(UserError, match="unknown config 'no_such_config'"):
+        load_config(str(tmp_path / "c.yaml"))
