@@ -185,3 +185,18 @@ def test_a_log_that_is_a_file_gets_plain_progress_lines(tiny_cfg, tmp_path, monk
     progress = [line for line in lines if line.startswith("step ")]
     assert [line.split(" ")[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
     assert "loss_d" in progress[-1] and "s/step" in progress[-1] and progress[-1].endswith("left")
+
+
+def test_metrics_csv_keeps_the_columns_a_switch_adds(tmp_path):
+    """The ALICE term is logged per epoch next to the fixed columns, as the K+1 game's loss_sup would be."""
+    import csv
+
+    from conftest import TINY_DIGITS
+
+    from alitool.config import load_config
+
+    cfg = load_config("digits", [*TINY_DIGITS, "train.alice=1"])
+    _run(cfg, tmp_path / "run", max_steps=4)
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[-1] == "alice" and all(float(r["alice"]) > 0 for r in rows)

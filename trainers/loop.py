@@ -236,7 +236,10 @@ class Trainer:
 
     def write_metrics(self) -> None:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+        # The fixed columns first, then what a game or switch adds (alice, loss_sup, acc_labelled ...).
+        extra = [k for row in self.metrics for k in row if k not in METRIC_FIELDS]
+        fields = [*METRIC_FIELDS, *dict.fromkeys(extra)]
+        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.metrics)
         atomic_write_bytes(self.run_dir / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
