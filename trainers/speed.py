@@ -7,6 +7,7 @@ benchmarks/train_step.py before it is made a default anywhere.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from torch import nn
 from alitool.config import Config
 
 
+@functools.cache  # autocast() asks on every forward pass; the CPU does not change, so read /proc/cpuinfo once
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX-BF16 on this CPU (Linux reports them in /proc/cpuinfo). Without them oneDNN emulates
     bf16 arithmetic, which is slower than fp32; elsewhere (macOS, Windows, ARM) we do not guess."""
@@ -47,9 +49,14 @@ def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
     return False
 
 
+def bf16_for(cfg: Config, device: torch.device) -> bool:
+    """``use_bf16`` for a config: its train.precision, and whether its data are images (image_size > 0)."""
+    return use_bf16(cfg.train.precision, device, images=cfg.data.image_size > 0)
+
+
 def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the forward pass when ``use_bf16`` says so; losses and optimizer state stay fp32."""
-    if use_bf16(cfg.train.precision, device, images=cfg.data.image_size > 0):
+    """bf16 autocast for the forward pass when ``bf16_for`` says so; losses and optimizer state stay fp32."""
+    if bf16_for(cfg, device):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -57,7 +64,7 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
 def describe_precision(cfg: Config, device: torch.device) -> str:
     """What the forward pass will run in, and why, for the run's first log line."""
     t = cfg.train
-    mode = "bf16 autocast" if use_bf16(t.precision, device, images=cfg.data.image_size > 0) else "fp32"
+    mode = "bf16 autocast" if bf16_for(cfg, device) else "fp32"
     layout = ", channels_last" if t.channels_last else ""
     return f"{mode}{layout} (train.precision {t.precision})"
 
