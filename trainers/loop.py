@@ -262,7 +262,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.pos.step, desc=f"train {self.cfg.name}", unit="step",
                    dynamic_ncols=True, disable=None if self.dist.is_main else True, file=sys.stderr)
         last_save = time.monotonic()
-        plain_progress = PlainProgress(self.log, total) if bar.disable and self.dist.is_main else None
+        plain_progress = PlainProgress(self.log, self.pos.step, total) if bar.disable and self.dist.is_main else None
         stop = StopRequests()
         try:
             stop.__enter__()
@@ -337,15 +337,12 @@ class Trainer:
 class PlainProgress:
     """The progress bar's content as a log line every PLAIN_PROGRESS_SECONDS, for logs that are files."""
 
-    def __init__(self, log: Callable[[str], None], total: int):
-        self.log, self.total = log, total
+    def __init__(self, log: Callable[[str], None], first_step: int, total: int):
+        self.log, self.first_step, self.total = log, first_step, total  # first_step: where this fit (re)started
         self.started = self.last = time.monotonic()
-        self.first_step: int | None = None
 
     def update(self, step: int, values: dict[str, float], images_per_s: float) -> None:
         now = time.monotonic()
-        if self.first_step is None:
-            self.first_step = step - 1
         if now - self.last < PLAIN_PROGRESS_SECONDS and step < self.total:
             return
         self.last = now
