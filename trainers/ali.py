@@ -30,7 +30,7 @@ from alitool.errors import UserError
 from alitool.models import ALI, reparametrize
 from alitool.trainers.ema import WeightAverage
 from alitool.trainers.losses import alice_cycle_loss, loss_pair
-from alitool.trainers.speed import autocast, compile_modules, prepare_input, prepare_module
+from alitool.trainers.speed import adam, autocast, compile_modules, prepare_input, prepare_module
 from alitool.trainers.switches import check_switches
 
 UPDATES = ("simultaneous", "alternating")
@@ -64,8 +64,7 @@ class ALIGame:
         self.d_params = list(self.model.discriminator.parameters())
         self.g_params = self.model.generator_parameters()
         t = cfg.train
-        self.opt_d = torch.optim.Adam(self.d_params, lr=t.lr, betas=(t.beta1, t.beta2))
-        self.opt_g = torch.optim.Adam(self.g_params, lr=t.lr, betas=(t.beta1, t.beta2))
+        self.opt_d, self.opt_g = adam(self.d_params, cfg), adam(self.g_params, cfg)
         # What `step` calls: the plain networks, or their DDP / compiled wrappers.
         m = self.model
         self.encoder, self.decoder, self.discriminator = m.encoder, m.decoder, m.discriminator

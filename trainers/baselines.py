@@ -29,12 +29,8 @@ from alitool.config import Config
 from alitool.models import ALI, Decoder, Encoder, LayerStack, data_shape, init_weights, reparametrize
 from alitool.trainers.ali import ALIGame, check_update
 from alitool.trainers.losses import discriminator_loss
+from alitool.trainers.speed import adam
 from alitool.trainers.switches import refuse_switches
-
-
-def _adam(params: list[nn.Parameter], cfg: Config) -> torch.optim.Adam:
-    t = cfg.train
-    return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -73,8 +69,8 @@ class GANGame:
         self.discriminator = MarginalDiscriminator(cfg).to(device)
         init_weights(self.decoder, cfg.model.init_std)
         init_weights(self.discriminator, cfg.model.init_std)
-        self.opt_d = _adam(list(self.discriminator.parameters()), cfg)
-        self.opt_g = _adam(list(self.decoder.parameters()), cfg)
+        self.opt_d = adam(list(self.discriminator.parameters()), cfg)
+        self.opt_g = adam(list(self.decoder.parameters()), cfg)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"decoder": self.decoder, "discriminator": self.discriminator}
@@ -157,7 +153,7 @@ class InverseMappingGame(_FrozenDecoderMixin):
         self.decoder = Decoder(cfg).to(device)
         init_weights(self.encoder, cfg.model.init_std)
         self._load_decoder(decoder_state)
-        self.opt_g = _adam(list(self.encoder.parameters()), cfg)
+        self.opt_g = adam(list(self.encoder.parameters()), cfg)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "decoder": self.decoder}
@@ -199,7 +195,7 @@ class PostHocGame(_FrozenDecoderMixin, ALIGame):
         self.decoder = self.model.decoder
         self._load_decoder(decoder_state)
         self.g_params = list(self.model.encoder.parameters())
-        self.opt_g = _adam(self.g_params, cfg)
+        self.opt_g = adam(self.g_params, cfg)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -242,7 +238,7 @@ class VAEGame:
         self.encoder, self.decoder = net.encoder.to(device), net.decoder.to(device)
         self.likelihood = GaussianLikelihood(data_shape(self.cfg)).to(device)
         params = [*self.encoder.parameters(), *self.decoder.parameters(), *self.likelihood.parameters()]
-        self.opt_g = _adam(params, self.cfg)
+        self.opt_g = adam(params, self.cfg)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "decoder": self.decoder, "likelihood": self.likelihood}
