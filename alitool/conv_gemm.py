@@ -1,0 +1,142 @@
+"""Small-map convolutions as one matrix product each (im2col + GEMM), for bf16 on the CPU (issue 9).
+
+oneDNN's bf16 convolution kernels block over the output's width, and a map of 4x4 or 5x5 leaves them mostly idle.
+Forward + backward, batch 200, 2-core AMX CPU (``python benchmarks/conv_shapes.py``, benchmarks/RESULTS.md):
+
+- SVHN's D(x) / encoder layer [128,10,10] -> [256,4,4] (4x4 kernel, stride 2): 75 ms in oneDNN, 28 ms as products;
+  its transposed twin in the decoder 40 -> 20 ms;
+- CelebA's 7x7 kernels on 13x13 -> 4x4: 645 -> 229 ms, and 1073 -> 163 ms transposed;
+- the products win up to maps of 6x6 and lose at 8x8; with fewer than 64 channels on either side (the digits
+  model) they lose or tie, and in fp32 they do not pay off. ``pays_off`` asks for all three conditions.
+
+Everything works in NHWC order, which is channels_last's memory order: the patches of an input are a strided
+view of its memory, and a channels_last weight [O, C, kh, kw] is stored as the [O, kh*kw*C] matrix the product
+needs, so only the patch matrix is ever copied.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Largest map (output of a convolution, input of a transposed one) run as a product: 6x6 measured 1.7x in bf16.
+MAX_GEMM_POSITIONS = 36
+# Fewest channels on either side: [32,6,6] -> [64,4,4] tied, [64,6,6] -> [32,8,8] transposed lost (0.7x).
+MIN_GEMM_CHANNELS = 64
+
+
+def pays_off(x: Tensor, weight: Tensor, small_side: tuple[int, int]) -> bool:
+    """True for a bf16 (or bf16-autocast) channels_last convolution on the CPU whose small map is at most 6x6 and
+    that has at least 64 channels in and out."""
+    bf16 = x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return (
+        bf16
+        and x.device.type == "cpu"
+        and small_side[0] * small_side[1] <= MAX_GEMM_POSITIONS
+        and min(weight.shape[0], weight.shape[1]) >= MIN_GEMM_CHANNELS
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and weight.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _patches(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+    """im2col: [N*OH*OW, kh*kw*C] rows, one per output position, in (kh, kw, C) order (one copy)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    nhwc = x.permute(0, 2, 3, 1)
+    s_n, s_h, s_w, s_c = nhwc.stride()
+    view = nhwc.as_strided((n, oh, ow, kh, kw, c), (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c))
+    return view.reshape(n * oh * ow, kh * kw * c)
+
+
+def _fold(rows: Tensor, shape: tuple[int, int, int, int], kernel: tuple[int, int],
+          stride: tuple[int, int]) -> Tensor:
+    """col2im, the adjoint of ``_patches``: adds each row's kh*kw*C values back onto the [N, C, H, W] map they
+    came from. Overlapping patches are summed in (at least) fp32 and rounded once, as oneDNN accumulates."""
+    n, c, h, w = shape
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    taps = rows.view(n, oh, ow, kh, kw, c)
+    out = torch.zeros(n, h, w, c, dtype=torch.promote_types(rows.dtype, torch.float32), device=rows.device)
+    for i in range(kh):
+        for j in range(kw):
+            # add_ on the slice itself: `out[...] += t` would also write the sum back with a copy
+            out[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :].add_(taps[:, :, :, i, j, :])
+    return out.to(rows.dtype).permute(0, 3, 1, 2)
+
+
+def _matrix(weight: Tensor) -> Tensor:
+    """A channels_last weight [A, B, kh, kw] as the [A, kh*kw*B] matrix it is stored as (a view)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """[N, C, H, W] (channels_last) as its [N*H*W, C] rows (a view)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _from_rows(rows: Tensor, n: int, h: int, w: int) -> Tensor:
+    """[N*H*W, C] rows as an [N, C, H, W] channels_last map (a view)."""
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+class _Patches(torch.autograd.Function):
+    """im2col as an autograd node whose backward is col2im. The products around it are plain ``mm`` nodes, so
+    autograd skips the weight gradient in a backward pass restricted to other parameters (the ALI step's
+    G pass, trainers/ali.py), which a single custom node for the whole convolution could not know."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+        ctx.shape, ctx.kernel, ctx.stride = tuple(x.shape), kernel, stride
+        return _patches(x, kernel, stride)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _fold(grad.contiguous(), ctx.shape, ctx.kernel, ctx.stride), None, None
+
+
+class _Fold(torch.autograd.Function):
+    """col2im as an autograd node whose backward is im2col: the adjoint of ``_Patches``."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, shape: tuple[int, int, int, int], kernel: tuple[int, int],
+                stride: tuple[int, int]) -> Tensor:
+        ctx.kernel, ctx.stride = kernel, stride
+        return _fold(rows, shape, kernel, stride)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _patches(grad.contiguous(memory_format=torch.channels_last), ctx.kernel, ctx.stride), None, None, None
+
+
+def _bf16_operands(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Cast as autocast would (the casts stay on the tape, so the fp32 weight gets an fp32 gradient)."""
+    return (x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last),
+            weight.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+
+
+def _add_bias(out: Tensor, bias: Tensor | None) -> Tensor:
+    return out if bias is None else out + bias.to(out.dtype)[:, None, None]
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride)`` without padding, dilation or groups, as patches @ weight^T."""
+    x, weight = _bf16_operands(x, weight)
+    kernel, (n, _, h, w) = tuple(weight.shape[-2:]), x.shape
+    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    with torch.autocast("cpu", enabled=False):
+        out = _Patches.apply(x, kernel, stride) @ _matrix(weight).t()
+    return _add_bias(_from_rows(out, n, oh, ow), bias)
+
+
+def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
+    """``F.conv_transpose2d(x, weight [C_in, C_out, kh, kw], bias, stride)`` without padding or output padding:
+    the adjoint of ``conv2d``, so rows @ weight folded back onto the larger map."""
+    x, weight = _bf16_operands(x, weight)
+    (kh, kw), (n, _, h, w) = weight.shape[-2:], x.shape
+    out_shape = (n, weight.shape[1], (h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
+    with torch.autocast("cpu", enabled=False):
+        out = _Fold.apply(_rows(x) @ _matrix(weight), out_shape, (kh, kw), stride)
+    return _add_bias(out, bias)
