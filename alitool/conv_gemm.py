@@ -1,13 +1,17 @@
 """Small-map convolutions as one matrix product each (im2col + GEMM), for bf16 on the CPU (issue 9).
 
 oneDNN's bf16 convolution kernels block over the output's width, and a map of 4x4 or 5x5 leaves them mostly idle.
-Forward + backward, batch 200, 2-core AMX CPU (``python benchmarks/conv_shapes.py``, benchmarks/RESULTS.md):
+Forward + backward, batch 200, bf16, 2-core AMX CPU, one run of ``python benchmarks/conv_shapes.py``
+(benchmarks/RESULTS.md):
 
-- SVHN's D(x) / encoder layer [128,10,10] -> [256,4,4] (4x4 kernel, stride 2): 75 ms in oneDNN, 28 ms as products;
-  its transposed twin in the decoder 40 -> 20 ms;
-- CelebA's 7x7 kernels on 13x13 -> 4x4: 645 -> 229 ms, and 1073 -> 163 ms transposed;
-- the products win up to maps of 6x6 and lose at 8x8; with fewer than 64 channels on either side (the digits
-  model) they lose or tie, and in fp32 they do not pay off. ``pays_off`` asks for all three conditions.
+- SVHN's D(x) / encoder layer [128,10,10] -> [256,4,4] (4x4 kernel, stride 2): 92 ms in oneDNN, 37 ms as products;
+  its transposed twin in the decoder 78 -> 31 ms; Fashion-MNIST's 5x5 maps 1.3x and 2.9x;
+- CelebA's 7x7 kernels on 13x13 -> 4x4: 633 -> 212 ms, and 1658 -> 216 ms transposed;
+- the products lose on 10x10 maps (0.6x), gain only 1.1x at 8x8, and lose with 32 channels on a side (the digits
+  model). ``pays_off`` asks for a map of at most 6x6 and at least 64 channels on both sides.
+- In fp32 they gain 1.1-1.4x on the SVHN and CelebA layers above (2.6x on CelebA's decoder) and lose on
+  Fashion-MNIST's conv; fp32 is what CPUs without native bf16 run, and this was measured on one AMX machine
+  only, so fp32 stays with oneDNN.
 
 Everything works in NHWC order, which is channels_last's memory order: the patches of an input are a strided
 view of its memory, and a channels_last weight [O, C, kh, kw] is stored as the [O, kh*kw*C] matrix the product
