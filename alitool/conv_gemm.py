@@ -4,14 +4,14 @@ oneDNN's bf16 convolution kernels block over the output's width, and a map of 4x
 Forward + backward, batch 200, bf16, 2-core AMX CPU, one run of ``python benchmarks/conv_shapes.py``
 (benchmarks/RESULTS.md):
 
-- SVHN's D(x) / encoder layer [128,10,10] -> [256,4,4] (4x4 kernel, stride 2): 92 ms in oneDNN, 37 ms as products;
-  its transposed twin in the decoder 78 -> 31 ms; Fashion-MNIST's 5x5 maps 1.3x and 2.9x;
-- CelebA's 7x7 kernels on 13x13 -> 4x4: 633 -> 212 ms, and 1658 -> 216 ms transposed;
-- the products lose on 10x10 maps (0.6x), gain only 1.1x at 8x8, and lose with 32 channels on a side (the digits
-  model). ``pays_off`` asks for a map of at most 6x6 and at least 64 channels on both sides.
-- In fp32 they gain 1.1-1.4x on the SVHN and CelebA layers above (2.6x on CelebA's decoder) and lose on
-  Fashion-MNIST's conv; fp32 is what CPUs without native bf16 run, and this was measured on one AMX machine
-  only, so fp32 stays with oneDNN.
+- SVHN's D(x) / encoder layer [128,10,10] -> [256,4,4] (4x4 kernel, stride 2): 83 ms in oneDNN, 35 ms as products;
+  its transposed twin in the decoder 88 -> 32 ms; Fashion-MNIST's 5x5 maps 1.35x and 2.7x;
+- CelebA's 7x7 kernels on 13x13 -> 4x4: 772 -> 242 ms, and 2591 -> 360 ms transposed;
+- the products lose on 10x10 maps (0.5x), gain 1.2x at 6x6 and 1.1x at 8x8, and lose with 32 channels on a
+  side (the digits model). ``pays_off`` asks for a map of at most 6x6 and at least 64 channels on both sides.
+- In fp32 they gain 1.1-1.6x on the SVHN and CelebA layers above (2.8x on CelebA's decoder) and lose on
+  Fashion-MNIST's conv and at 6x6; fp32 is what CPUs without native bf16 run, and this was measured on one AMX
+  machine only, so fp32 stays with oneDNN.
 
 Everything works in NHWC order, which is channels_last's memory order: the patches of an input are a strided
 view of its memory, and a channels_last weight [O, C, kh, kw] is stored as the [O, kh*kw*C] matrix the product
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Largest map (output of a convolution, input of a transposed one) run as a product: 6x6 measured 1.7x in bf16.
+# Largest map (output of a convolution, input of a transposed one) run as a product: 6x6 measured 1.2x in bf16.
 MAX_GEMM_POSITIONS = 36
 # Fewest channels on either side: [32,6,6] -> [64,4,4] tied, [64,6,6] -> [32,8,8] transposed lost (0.7x).
 MIN_GEMM_CHANNELS = 64

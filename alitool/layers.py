@@ -9,8 +9,8 @@ Measured on the 2-core dev machine (torch 2.13, oneDNN), batch 200, forward + ba
 - The first transposed convolution of every decoder maps z (1x1) to a k x k map: also a matrix product.
 - ``nn.Dropout`` draws one Bernoulli number per element from the CPU generator (88 ms for 200x32x28x28). Drawing
   64 random bits at a time and cutting them into 16-bit uniforms costs a third of that.
-- A bf16 convolution with a small output map (4x4 in SVHN's D(x) and encoder) runs 2.5x faster as one im2col
-  matrix product (alitool/conv_gemm.py); so does its transposed twin in the decoder (2.5x; CelebA's 3x and 7.7x).
+- A bf16 convolution with a small output map (4x4 in SVHN's D(x) and encoder) runs 2.4x faster as one im2col
+  matrix product (alitool/conv_gemm.py); so does its transposed twin in the decoder (2.7x; CelebA's 3.2x and 7.2x).
 
 Each layer falls back to the stock torch operator whenever its shortcut does not apply.
 """
