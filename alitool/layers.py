@@ -102,6 +102,7 @@ class TableDropout(nn.Dropout):
         # multiply below a plain elementwise loop instead of a strided copy.
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
         uniform16 = uniform16.as_strided(x.shape, x.stride()) if dense else uniform16.view(x.shape)
-        dropped = round(self.p * 65536)  # P(uniform16 < dropped - 32768) = dropped / 65536 ~= p
+        # P(uniform16 < dropped - 32768) = dropped / 65536 ~= p; at most 65535 so that the rescale stays finite
+        dropped = min(round(self.p * 65536), 65535)
         mask = (uniform16 >= dropped - 32768).to(x.dtype).mul_(65536 / (65536 - dropped))
         return x * mask

@@ -57,6 +57,11 @@ def test_dropout_keeps_one_minus_p_and_rescales():
     assert abs(y.mean().item() - 1.0) < 0.01  # inverted dropout: the expectation is unchanged
 
 
+def test_dropout_just_below_one_drops_almost_everything_and_stays_finite():
+    y = TableDropout(0.999995).train()(torch.ones(100_000))
+    assert torch.isfinite(y).all() and (y > 0).sum() < 20
+
+
 def test_dropout_masks_are_independent_across_positions_and_calls():
     torch.manual_seed(0)
     drop = TableDropout(0.5).train()
