@@ -40,6 +40,8 @@ def _plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
 def _nhwc_order(weight: Tensor) -> tuple[int, ...]:
     """The dimension order in which a weight is stored: (0, 2, 3, 1) for channels_last. Flattening the weight and
     the input in that order is then a view of the weight, where plain ``flatten(1)`` would copy it every step."""
+    if weight.is_contiguous():  # also true of a 1x1 kernel in channels_last, which either order views
+        return (0, 1, 2, 3)
     return (0, 2, 3, 1) if weight.is_contiguous(memory_format=torch.channels_last) else (0, 1, 2, 3)
 
 
@@ -51,8 +53,10 @@ class TableConv2d(nn.Conv2d):
         if not _plain(self, x):
             return super().forward(x)
         if tuple(x.shape[-2:]) == self.kernel_size:
-            order = _nhwc_order(self.weight)
-            out = F.linear(x.permute(order).flatten(1), self.weight.permute(order).flatten(1), self.bias)
+            weight = self.weight
+            if _nhwc_order(weight) != (0, 1, 2, 3):  # (an identity permute would still be a node in ONNX)
+                x, weight = x.permute(0, 2, 3, 1), weight.permute(0, 2, 3, 1)
+            out = F.linear(x.flatten(1), weight.flatten(1), self.bias)
             return out[:, :, None, None]
         sides = zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
         out_side = tuple((size - k) // s + 1 for size, k, s in sides)

@@ -33,6 +33,7 @@ from alitool.backends import ModelMeta
 from alitool.backends.onnx_backend import META_KEY, meta_from_metadata
 from alitool.checkpoint import atomic_write_bytes
 from alitool.errors import UserError
+from alitool.export.fold import fold_batch_norm
 
 ENCODER_INPUT = "images"
 DECODER_INPUT = "z"
@@ -292,10 +293,12 @@ def export_networks(encoder: nn.Module, decoder: nn.Module, meta: ModelMeta, out
     conditioned = () if example_y is None else (torch.from_numpy(example_y),)
     y_name = [] if example_y is None else [CONDITION_INPUT]
 
-    enc_model, used = _export_with_fallback(EncoderGraph(encoder), (example_x, *conditioned),
+    # The graphs get batch norm folded into the layer before it (export/fold.py); the parity check below compares
+    # them with the unfolded networks.
+    enc_model, used = _export_with_fallback(EncoderGraph(fold_batch_norm(encoder)), (example_x, *conditioned),
                                             [ENCODER_INPUT, *y_name], names, exporter, log)
-    dec_model, _ = _export_with_fallback(decoder, (example_z, *conditioned), [DECODER_INPUT, *y_name],
-                                         [DECODER_OUTPUT], used, log)
+    dec_model, _ = _export_with_fallback(fold_batch_norm(decoder), (example_z, *conditioned),
+                                         [DECODER_INPUT, *y_name], [DECODER_OUTPUT], used, log)
     set_metadata(enc_model, meta, "encoder")
     set_metadata(dec_model, meta, "decoder")
 

@@ -101,6 +101,23 @@ def test_parity_at_other_batch_sizes(tmp_path, name):
                                        rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_batch_norm_is_folded_out_of_the_graphs_and_the_networks_keep_theirs(tmp_path, name):
+    """conv + BN, deconv + BN and linear + BN1d rows all fold (export/fold.py); the parity check of the export
+    compares the folded graphs with the networks, which must come out of the export unchanged."""
+    cfg = load_config("digits", CONFIGS[name])
+    model = trained_like(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pair = export_networks(model.encoder, model.decoder, meta_from_config(cfg), tmp_path, exporter="torchscript",
+                           log=lambda _: None)
+    assert pair.encoder_parity.ok and pair.decoder_parity.ok
+    for path in (pair.encoder_path, pair.decoder_path):
+        assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(path)).graph.node}
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.encoder.modules())
+
+
 @pytest.mark.slow
 def test_dynamo_exporter_dynamic_batch(tmp_path):
     # The default exporter; an example batch of 1 would have frozen the batch axis, so check 1 and 9 run.
