@@ -19,6 +19,7 @@ TINY_DIGITS = [
     "model.disc_xz=[[conv,1,1,16,false,0.2,lrelu],[conv,1,1,1,false,0.2,linear]]",
     "train.batch_size=32",
     "train.sample_grid=16",
+    "train.alice=0",  # the plain ALI game (digits.yaml turns ALICE on); the switch tests turn it on themselves
 ]
 
 
