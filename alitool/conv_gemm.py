@@ -44,11 +44,17 @@ def pays_off(x: Tensor, weight: Tensor, small_side: tuple[int, int]) -> bool:
     )
 
 
+def output_side(side: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int]:
+    """(OH, OW) of an unpadded convolution of a (H, W) map."""
+    (h, w), (kh, kw), (sh, sw) = side, kernel, stride
+    return (h - kh) // sh + 1, (w - kw) // sw + 1
+
+
 def _patches(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int]) -> Tensor:
     """im2col: [N*OH*OW, kh*kw*C] rows, one per output position, in (kh, kw, C) order (one copy)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    oh, ow = output_side((h, w), kernel, stride)
     nhwc = x.permute(0, 2, 3, 1)
     s_n, s_h, s_w, s_c = nhwc.stride()
     view = nhwc.as_strided((n, oh, ow, kh, kw, c), (s_n, sh * s_h, sw * s_w, s_h, s_w, s_c))
@@ -61,7 +67,7 @@ def _fold(rows: Tensor, shape: tuple[int, int, int, int], kernel: tuple[int, int
     came from. Overlapping patches are summed in (at least) fp32 and rounded once, as oneDNN accumulates."""
     n, c, h, w = shape
     (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    oh, ow = output_side((h, w), kernel, stride)
     taps = rows.view(n, oh, ow, kh, kw, c)
     out = torch.zeros(n, h, w, c, dtype=torch.promote_types(rows.dtype, torch.float32), device=rows.device)
     for i in range(kh):
@@ -125,22 +131,31 @@ def _add_bias(out: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out + bias.to(out.dtype)[:, None, None]
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
-    """``F.conv2d(x, weight, bias, stride)`` without padding, dilation or groups, as patches @ weight^T."""
-    x, weight = _bf16_operands(x, weight)
+def conv2d_products(x: Tensor, weight: Tensor, stride: tuple[int, int]) -> Tensor:
+    """``F.conv2d(x, weight, stride=stride)`` without padding, dilation or groups, as patches @ weight^T, in the
+    operands' own dtype (both channels_last)."""
     kernel, (n, _, h, w) = tuple(weight.shape[-2:]), x.shape
-    oh, ow = (h - kernel[0]) // stride[0] + 1, (w - kernel[1]) // stride[1] + 1
+    rows = _Patches.apply(x, kernel, stride) @ _matrix(weight).t()
+    return _from_rows(rows, n, *output_side((h, w), kernel, stride))
+
+
+def conv_transpose2d_products(x: Tensor, weight: Tensor, stride: tuple[int, int]) -> Tensor:
+    """``F.conv_transpose2d(x, weight [C_in, C_out, kh, kw], stride=stride)`` without padding or output padding:
+    the adjoint of ``conv2d_products``, so rows @ weight folded back onto the larger map; operands' own dtype."""
+    (kh, kw), (n, _, h, w) = weight.shape[-2:], x.shape
+    out_shape = (n, weight.shape[1], (h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
+    return _Fold.apply(_rows(x) @ _matrix(weight), out_shape, (kh, kw), stride)
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
+    """``conv2d_products`` in bf16, plus the bias: what ``TableConv2d`` runs where ``pays_off``."""
+    x, weight = _bf16_operands(x, weight)
     with torch.autocast("cpu", enabled=False):
-        out = _Patches.apply(x, kernel, stride) @ _matrix(weight).t()
-    return _add_bias(_from_rows(out, n, oh, ow), bias)
+        return _add_bias(conv2d_products(x, weight, stride), bias)
 
 
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
-    """``F.conv_transpose2d(x, weight [C_in, C_out, kh, kw], bias, stride)`` without padding or output padding:
-    the adjoint of ``conv2d``, so rows @ weight folded back onto the larger map."""
+    """``conv_transpose2d_products`` in bf16, plus the bias: what ``TableConvTranspose2d`` runs where ``pays_off``."""
     x, weight = _bf16_operands(x, weight)
-    (kh, kw), (n, _, h, w) = weight.shape[-2:], x.shape
-    out_shape = (n, weight.shape[1], (h - 1) * stride[0] + kh, (w - 1) * stride[1] + kw)
     with torch.autocast("cpu", enabled=False):
-        out = _Fold.apply(_rows(x) @ _matrix(weight), out_shape, (kh, kw), stride)
-    return _add_bias(out, bias)
+        return _add_bias(conv_transpose2d_products(x, weight, stride), bias)

@@ -58,9 +58,7 @@ class TableConv2d(nn.Conv2d):
                 x, weight = x.permute(0, 2, 3, 1), weight.permute(0, 2, 3, 1)
             out = F.linear(x.flatten(1), weight.flatten(1), self.bias)
             return out[:, :, None, None]
-        sides = zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)
-        out_side = tuple((size - k) // s + 1 for size, k, s in sides)
-        if conv_gemm.pays_off(x, self.weight, out_side):
+        if conv_gemm.pays_off(x, self.weight, conv_gemm.output_side(x.shape[-2:], self.kernel_size, self.stride)):
             return conv_gemm.conv2d(x, self.weight, self.bias, self.stride)
         return super().forward(x)
 

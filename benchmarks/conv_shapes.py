@@ -36,17 +36,10 @@ SHAPES = [
 
 
 def products(op: str, x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    """conv_gemm's products in x's own dtype (its public functions always cast to bf16)."""
-    s = (stride, stride)
+    """conv_gemm's products in x's own dtype (its conv2d / conv_transpose2d always cast to bf16)."""
     if op == "conv":
-        n, _, h, _ = x.shape
-        out_side = (h - w.shape[-1]) // stride + 1
-        rows = conv_gemm._Patches.apply(x, tuple(w.shape[-2:]), s) @ conv_gemm._matrix(w).t()
-        return conv_gemm._from_rows(rows, n, out_side, out_side)
-    n, _, h, _ = x.shape
-    side = (h - 1) * stride + w.shape[-1]
-    return conv_gemm._Fold.apply(conv_gemm._rows(x) @ conv_gemm._matrix(w), (n, w.shape[1], side, side),
-                                 tuple(w.shape[-2:]), s)
+        return conv_gemm.conv2d_products(x, w, (stride, stride))
+    return conv_gemm.conv_transpose2d_products(x, w, (stride, stride))
 
 
 def onednn(op: str, x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ Prints seconds per step (median over --steps rounds after --warmup; the variants
 round) and the ratios to (a) and to (c) with switches off,
 then the optimizer step alone: fused Adam against the foreach kernel, on the same parameters.
 
-    python benchmarks/train_step.py [--config svhn] [--batch 100] [--steps 6] [--compile]
+    python benchmarks/train_step.py [--config svhn] [--batch 100] [--steps 10] [--compile]
 """
 
 from __future__ import annotations

@@ -93,6 +93,21 @@ def test_a_backward_pass_restricted_to_the_input_skips_the_weight_product():
     assert _products_run(loss, [x, conv.weight]) == 2
 
 
+@pytest.mark.parametrize("cin, cout, kernel, stride, side", [(5, 7, 4, 2, 10), (6, 3, 3, 1, 5), (4, 4, 7, 2, 13)])
+def test_products_are_the_convolution_in_float64(cin, cout, kernel, stride, side):
+    """Without bf16 rounding the products are the convolution and its transpose, forward and backward."""
+    torch.manual_seed(0)
+    x = torch.randn(3, cin, side, side, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(cout, cin, kernel, kernel, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    s = (stride, stride)
+    torch.autograd.gradcheck(lambda a, b: conv_gemm.conv2d_products(a, b, s), (x, w))
+    torch.testing.assert_close(conv_gemm.conv2d_products(x, w, s), torch.nn.functional.conv2d(x, w, stride=s))
+    y = torch.randn(3, cin, 4, 4, dtype=torch.float64).contiguous(memory_format=CL)
+    wt = torch.randn(cin, cout, kernel, kernel, dtype=torch.float64).contiguous(memory_format=CL)
+    torch.testing.assert_close(conv_gemm.conv_transpose2d_products(y, wt, s),
+                               torch.nn.functional.conv_transpose2d(y, wt, stride=s))
+
+
 def test_patches_and_fold_are_adjoint():
     """<patches(x), r> == <x, fold(r)> in float64: the backward of one is the forward of the other."""
     torch.manual_seed(0)
