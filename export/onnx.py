@@ -10,8 +10,10 @@
 
 The batch axis is dynamic. Every file carries the model's ``ModelMeta`` as JSON under the key ``alitool`` plus
 readable keys (image size, channels, value range, latent dim, outputs, precision, version, source hash), so a
-user never retypes anything downstream. A model is exported to memory, checked against PyTorch on fresh inputs
-at a batch size different from the export example, and only then written (atomically).
+user never retypes anything downstream; an image model's files also spell out the one preprocessing rule
+(``alitool.preprocess.*``, from ``Preprocess.describe``) and carry the contract's version as ``model_version``.
+A model is exported to memory, checked against PyTorch on fresh inputs at a batch size different from the export
+example, and only then written (atomically).
 """
 
 from __future__ import annotations
@@ -29,23 +31,32 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from alitool.backends import ModelMeta
-from alitool.backends.onnx_backend import META_KEY, meta_from_metadata
-from alitool.checkpoint import atomic_write_bytes
-from alitool.errors import UserError
+from alitool.atomic import atomic_write_bytes
+from alitool.contract.meta import ModelMeta, meta_from_metadata
+from alitool.contract.names import (
+    DECODER_ONNX,
+    ENCODER_ONNX,
+    FEATURES,
+    GRAPH_KEY,
+    IMAGES,
+    META_KEY,
+    PRECISION_KEY,
+    Z_LOG_SIGMA,
+    Z_MEAN,
+    Y,
+    Z,
+)
+from alitool.contract.preprocess import CONTRACT_VERSION, Preprocess
+from alitool.errors import UserError, first_line
 from alitool.export.fold import fold_batch_norm
 
-ENCODER_INPUT = "images"
-DECODER_INPUT = "z"
-DECODER_OUTPUT = "images"
-CONDITION_INPUT = "y"
 OPSET = 18
 # dynamo specialises a batch of 1 to a constant; 3 also differs from the parity batch, so a file that only
 # works at its example batch fails the check below.
 EXPORT_BATCH = 3
 PARITY_BATCH = 5
 EXPORTERS = ("dynamo", "torchscript")
-# PyTorch's own ONNX tests use rtol 1e-3, atol 1e-4 (EXPORT_NOTES).
+# PyTorch's own ONNX tests use rtol 1e-3, atol 1e-4.
 RTOL, ATOL = 1e-3, 1e-4
 MAX_PROTO_BYTES = 2**31 - 1  # protobuf's limit for one file without external data
 
@@ -71,7 +82,7 @@ class EncoderGraph(nn.Module):
 
 
 def encoder_output_names(encoder: nn.Module) -> list[str]:
-    return ["z_mean", "z_log_sigma", "features"] if encoder.stochastic else ["z_mean", "features"]
+    return [Z_MEAN, Z_LOG_SIGMA, FEATURES] if encoder.stochastic else [Z_MEAN, FEATURES]
 
 
 def reference_encoder_outputs(encoder: nn.Module, images: Tensor, y: Tensor | None = None) -> list[Tensor]:
@@ -142,13 +153,16 @@ def _declare_output_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, 
 
 def set_metadata(model: onnx.ModelProto, meta: ModelMeta, graph: str, precision: str = "fp32",
                  extra: dict[str, str] | None = None) -> None:
-    """Write ``meta`` (JSON) and readable keys into ``model.metadata_props``, replacing earlier values."""
+    """Write ``meta`` (JSON) and readable keys into ``model.metadata_props``, replacing earlier values; for an
+    image model also the preprocessing rule in words (``Preprocess.describe``: one function, so that export and
+    docs cannot drift from what training and inference do), and the contract version as ``model_version``."""
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
+    preprocess = Preprocess.from_meta(meta).describe(meta.value_range) if meta.image_size else {}
     values = {
         META_KEY: meta.to_json(),
-        "alitool.graph": graph,
-        "alitool.precision": precision,
+        GRAPH_KEY: graph,
+        PRECISION_KEY: precision,
         "alitool.inputs": ",".join(inputs),
         "alitool.outputs": ",".join(outputs),
         "name": meta.name,
@@ -162,6 +176,7 @@ def set_metadata(model: onnx.ModelProto, meta: ModelMeta, graph: str, precision:
         **({"weights": meta.weights} if meta.weights else {}),
         "version": meta.version,
         "source_sha256": meta.source_sha256,
+        **preprocess,
         **(extra or {}),
     }
     kept = [p for p in model.metadata_props if p.key not in values]
@@ -171,6 +186,7 @@ def set_metadata(model: onnx.ModelProto, meta: ModelMeta, graph: str, precision:
         model.metadata_props.add(key=key, value=value)
     model.producer_name = "alitool"
     model.producer_version = meta.version
+    model.model_version = CONTRACT_VERSION
     model.doc_string = f"ALI {graph} ({meta.name}), {precision}; metadata key '{META_KEY}' holds the full config"
 
 
@@ -183,7 +199,7 @@ def read_meta(path: str | Path) -> tuple[ModelMeta, dict[str, str]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError / ValueError / OSError depending on the damage
-        raise UserError(f"{path}: not a readable ONNX file ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path}: not a readable ONNX file ({first_line(err, 120)})") from None
     values = metadata_map(model)
     return meta_from_metadata(values, path), values
 
@@ -291,32 +307,32 @@ def export_networks(encoder: nn.Module, decoder: nn.Module, meta: ModelMeta, out
     example_y = fresh_conditions(meta, EXPORT_BATCH, seed=0)
     # A conditional model's y is a second input of both graphs (section 4.4).
     conditioned = () if example_y is None else (torch.from_numpy(example_y),)
-    y_name = [] if example_y is None else [CONDITION_INPUT]
+    y_name = [] if example_y is None else [Y]
 
     # The graphs get batch norm folded into the layer before it (export/fold.py); the parity check below compares
     # them with the unfolded networks.
     enc_model, used = _export_with_fallback(EncoderGraph(fold_batch_norm(encoder)), (example_x, *conditioned),
-                                            [ENCODER_INPUT, *y_name], names, exporter, log)
+                                            [IMAGES, *y_name], names, exporter, log)
     dec_model, _ = _export_with_fallback(fold_batch_norm(decoder), (example_z, *conditioned),
-                                         [DECODER_INPUT, *y_name], [DECODER_OUTPUT], used, log)
+                                         [Z, *y_name], [IMAGES], used, log)
     set_metadata(enc_model, meta, "encoder")
     set_metadata(dec_model, meta, "decoder")
 
     x, z = fresh_inputs(meta, PARITY_BATCH, seed=1)
     y = fresh_conditions(meta, PARITY_BATCH, seed=1)
-    y_feed = {} if y is None else {CONDITION_INPUT: y}
+    y_feed = {} if y is None else {Y: y}
     y_torch = None if y is None else torch.from_numpy(y)
-    enc_parity = compare(cpu_session(enc_model).run(names, {ENCODER_INPUT: x, **y_feed}),
+    enc_parity = compare(cpu_session(enc_model).run(names, {IMAGES: x, **y_feed}),
                          reference_encoder_outputs(encoder, torch.from_numpy(x), y_torch), names, PARITY_BATCH)
     with torch.no_grad():
         dec_reference = [decoder(torch.from_numpy(z), *(() if y_torch is None else (y_torch,)))]
-    dec_parity = compare(cpu_session(dec_model).run([DECODER_OUTPUT], {DECODER_INPUT: z, **y_feed}), dec_reference,
-                         [DECODER_OUTPUT], PARITY_BATCH)
+    dec_parity = compare(cpu_session(dec_model).run([IMAGES], {Z: z, **y_feed}), dec_reference, [IMAGES],
+                         PARITY_BATCH)
     for graph, parity in (("encoder", enc_parity), ("decoder", dec_parity)):
         if not parity.ok:
             raise UserError(f"the exported {graph} disagrees with PyTorch ({parity.line(graph)}); nothing written")
 
-    enc_path, dec_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    enc_path, dec_path = out_dir / ENCODER_ONNX, out_dir / DECODER_ONNX
     save_model(enc_model, enc_path)
     save_model(dec_model, dec_path)
     return ExportedPair(enc_path, dec_path, meta, enc_parity, dec_parity, used)
@@ -331,9 +347,8 @@ def _export_with_fallback(module: nn.Module, example: Tensor | tuple[Tensor, ...
         raise
     except Exception as err:  # the dynamo exporter's failures come as many exception types
         if exporter != "dynamo":
-            raise UserError(f"ONNX export failed: {str(err).splitlines()[0][:200]}") from None
-        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
-        log(f"note: the dynamo ONNX exporter failed ({first}); using the TorchScript exporter instead")
+            raise UserError(f"ONNX export failed: {first_line(err, 200)}") from None
+        log(f"note: the dynamo ONNX exporter failed ({first_line(err, 160)}); using the TorchScript exporter instead")
         return to_onnx(module, example, input_name, output_names, "torchscript"), "torchscript"
 
 

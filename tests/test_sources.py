@@ -1,4 +1,4 @@
-"""Sources and decoding on real files: every bad input of issue 5 is a file made here, never a mock.
+"""Sources and decoding on real files: every bad input is a file made here, never a mock.
 
 Library level (no model): what is decoded, what is skipped and why, in which order, with bounded memory.
 """
@@ -8,28 +8,21 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+from helpers import huge_png, rgb_image
 
+from alitool.contract.preprocess import Preprocess, image_dimensions, load_image, load_pixels, prepare_frame
+from alitool.encoding.batching import batches
+from alitool.encoding.decoding import Notice, Sample, decode_stream
 from alitool.io import BadInput
-from alitool.io.images import Preprocess, image_dimensions, load_image, prepare_frame
 from alitool.io.sources import ImageInput, Skipped, VideoInput, expand_sources, parse_frame_ref
 from alitool.io.video import VideoFrames, read_frame
-from alitool.pipeline import Notice, Sample, batches, decode_stream
 
 RGB32 = Preprocess(image_size=32, channels=3)
 GRAY8 = Preprocess(image_size=8, channels=1)
-
-
-def _rgb(h: int = 40, w: int = 48, seed: int = 0) -> np.ndarray:
-    """A smooth RGB picture (JPEG-friendly) as OpenCV BGR uint8."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    rng = np.random.default_rng(seed)
-    chans = [np.sin(xx / (5 + 3 * c) + rng.random() * 6) * np.cos(yy / 7 + c) for c in range(3)]
-    return ((np.stack(chans, axis=2) + 1) * 127.5).astype(np.uint8)
 
 
 def _write(path, data: bytes) -> str:
@@ -48,19 +41,6 @@ def _video(path, frames: int, size=(64, 48), fourcc="MJPG") -> str:
     return str(path)
 
 
-def _huge_png(path, side: int) -> str:
-    """A real, valid 1-bit PNG of side x side pixels: small on disk, side*side*3 bytes once decoded."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" + bytes((side + 7) // 8)
-    comp = zlib.compressobj(9)
-    body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-    return str(path)
-
-
 def _decode_all(sources, pre=RGB32, workers=2):
     out = list(decode_stream(expand_sources(sources), pre, workers=workers))
     good = [o for o in out if isinstance(o, Sample)]
@@ -70,14 +50,14 @@ def _decode_all(sources, pre=RGB32, workers=2):
 
 def test_bad_image_files_are_skipped_with_a_reason(tmp_path):
     good = tmp_path / "good.jpg"
-    cv2.imwrite(str(good), _rgb())
-    jpeg, png = good.read_bytes(), cv2.imencode(".png", _rgb())[1].tobytes()
+    cv2.imwrite(str(good), rgb_image())
+    jpeg, png = good.read_bytes(), cv2.imencode(".png", rgb_image())[1].tobytes()
     _write(tmp_path / "zero.png", b"")
     _write(tmp_path / "trunc.jpg", jpeg[: len(jpeg) // 2])
     _write(tmp_path / "trunc.png", png[: len(png) // 2])
     _write(tmp_path / "text.jpg", b"this is not a picture\n")
     _write(tmp_path / "notes.xyz", b"??")
-    _huge_png(tmp_path / "huge.png", 20000)
+    huge_png(tmp_path / "huge.png", 20000)
     good_rows, skipped, out = _decode_all([str(tmp_path)])
     assert [s.record.source for s in good_rows] == [str(good)]
     assert set(skipped) == {"zero.png", "trunc.jpg", "trunc.png", "text.jpg", "notes.xyz", "huge.png"}
@@ -92,14 +72,34 @@ def test_bad_image_files_are_skipped_with_a_reason(tmp_path):
 
 
 def test_huge_image_is_refused_from_its_header_not_decoded(tmp_path):
-    path = _huge_png(tmp_path / "huge.png", 20000)
+    path = huge_png(tmp_path / "huge.png", 20000)
     assert os.path.getsize(path) < 200_000  # 400 Mpixel (1.2 GB as RGB) in a small file
     assert image_dimensions(open(path, "rb").read()) == (20000, 20000)
     with pytest.raises(BadInput, match="400 Mpixel"):
         load_image(path, RGB32)
     # under a generous limit it is a valid image (which is why the header check matters)
-    small = _huge_png(tmp_path / "ok.png", 300)
+    small = huge_png(tmp_path / "ok.png", 300)
     assert load_image(small, Preprocess(32, 1, max_pixels=10**6)).shape == (1, 32, 32)
+
+
+def _bmp_header(width: int, height: int) -> bytes:
+    """A 24-bit BMP's file and info headers (no pixels): enough for Pillow's lazy header reader."""
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 3 * width * height, 0, 0, 14 + 40) + info
+
+
+def test_huge_headers_read_by_pillow_are_refused_quietly_without_changing_pillow(tmp_path, recwarn):
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    bomb = _write(tmp_path / "bomb.bmp", _bmp_header(20000, 20000))  # over Pillow's error limit
+    big = _write(tmp_path / "big.bmp", _bmp_header(10000, 10000))  # over its warning limit, under its error one
+    with pytest.raises(BadInput, match="over the limit"):
+        load_image(bomb, RGB32)
+    with pytest.raises(BadInput, match="10000x10000 .100 Mpixel., over the 67 Mpixel limit"):
+        load_image(big, RGB32)
+    assert image_dimensions(open(big, "rb").read()) == (10000, 10000)
+    assert Image.MAX_IMAGE_PIXELS == limit and not [w for w in recwarn if "decompression" in str(w.message)]
 
 
 def test_jpeg_header_parser_matches_decoder(tmp_path):
@@ -111,7 +111,7 @@ def test_jpeg_header_parser_matches_decoder(tmp_path):
 def test_grayscale_rgba_16bit_and_cmyk_are_converted_not_skipped(tmp_path):
     from PIL import Image
 
-    bgr = _rgb(32, 32)
+    bgr = rgb_image(32, 32)
     rgb = bgr[..., ::-1]
     cv2.imwrite(str(tmp_path / "rgb.png"), bgr)
     cv2.imwrite(str(tmp_path / "gray.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
@@ -124,7 +124,7 @@ def test_grayscale_rgba_16bit_and_cmyk_are_converted_not_skipped(tmp_path):
     assert x["rgb.png"].dtype == np.float32 and x["rgb.png"].shape == (3, 32, 32)
     np.testing.assert_allclose(x["rgb.png"], expected, atol=1e-6)
     np.testing.assert_allclose(x["rgba.png"], expected, atol=1e-6)  # alpha dropped, colour kept
-    np.testing.assert_allclose(x["deep.png"], expected, atol=1e-6)  # 16 bits scaled by 1/65535
+    np.testing.assert_array_equal(x["deep.png"], x["rgb.png"])  # 16 bits rounded to the same 8-bit levels
     assert np.allclose(x["gray.png"][0], x["gray.png"][1])  # grayscale replicated for an RGB model
     # CMYK decodes to the same colours as the RGB JPEG, up to JPEG and colour-conversion error
     assert np.abs(x["cmyk.jpg"] - x["rgb_ref.jpg"]).mean() < 0.03
@@ -133,20 +133,27 @@ def test_grayscale_rgba_16bit_and_cmyk_are_converted_not_skipped(tmp_path):
 
 
 def test_resize_is_center_crop_then_area(tmp_path):
-    wide = np.zeros((40, 80, 3), np.uint8)
-    wide[:, 20:60] = 255  # the central 40x40 square is white, the sides black
+    # Random pixels everywhere: another crop, or any interpolation but area averaging, gives other values.
+    wide = np.random.default_rng(0).integers(0, 256, (40, 80), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "wide.png"), wide)
-    x = load_image(tmp_path / "wide.png", Preprocess(10, 1))
-    assert x.shape == (1, 10, 10) and x.min() == pytest.approx(1.0)
+    pixels = load_pixels(tmp_path / "wide.png", Preprocess(10, 1))
+    # the central 40x40 square (columns 20..59), each 4x4 block averaged, rounded half to even: without OpenCV
+    blocks = wide[:, 20:60].reshape(10, 4, 10, 4).mean(axis=(1, 3))
+    assert pixels.shape == (1, 10, 10) and np.array_equal(pixels[0], np.rint(blocks))
+    assert np.array_equal(load_image(tmp_path / "wide.png", Preprocess(10, 1)), pixels / np.float32(255))
+    # enlarging is bilinear: a 5x10 image's central 5x5 square grown to 10x10
+    small = wide[:5, :10]
+    cv2.imwrite(str(tmp_path / "small.png"), small)
+    grown = load_pixels(tmp_path / "small.png", Preprocess(10, 1))[0]
+    assert np.array_equal(grown, cv2.resize(small[:, 2:7], (10, 10), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(grown, cv2.resize(small[:, 2:7], (10, 10), interpolation=cv2.INTER_AREA))
 
 
 def test_large_jpeg_reduced_decoding_stays_close_to_full_decoding(tmp_path):
-    from alitool.io.images import prepare
-
-    big = cv2.resize(_rgb(60, 80), (640, 480), interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(rgb_image(60, 80), (640, 480), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "big.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
     fast = load_image(tmp_path / "big.jpg", RGB32)  # 1/4-scale DCT decoding, then area resize
-    full = prepare(cv2.imread(str(tmp_path / "big.jpg")), RGB32)
+    full = prepare_frame(cv2.imread(str(tmp_path / "big.jpg")), RGB32)
     assert np.abs(fast - full).mean() < 2 / 255
     exact = load_image(tmp_path / "big.jpg", Preprocess(32, 3, jpeg_draft=False))  # --full-jpeg-decode
     np.testing.assert_array_equal(exact, full)
@@ -158,7 +165,7 @@ def test_unicode_spaces_and_lists(tmp_path):
     folder.mkdir()
     names = ["ünïcødé 图像.png", "a b.jpg", "plain.png"]
     for i, name in enumerate(names):
-        (folder / name).write_bytes(cv2.imencode(os.path.splitext(name)[1], _rgb(seed=i))[1].tobytes())
+        (folder / name).write_bytes(cv2.imencode(os.path.splitext(name)[1], rgb_image(seed=i))[1].tobytes())
     listing = tmp_path / "list.txt"
     listing.write_text(f"# two of them\n\ndossier été/{names[0]}\n{folder / names[2]}\nmissing.png\n",
                        encoding="utf-8")
@@ -169,7 +176,7 @@ def test_unicode_spaces_and_lists(tmp_path):
 
 def test_globs_missing_paths_and_empty_folders(tmp_path):
     for i in range(3):
-        cv2.imwrite(str(tmp_path / f"img{i}.png"), _rgb(seed=i))
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), rgb_image(seed=i))
     (tmp_path / "empty").mkdir()
     items = list(expand_sources([str(tmp_path / "img*.png"), str(tmp_path / "nope.png"),
                                  str(tmp_path / "empty"), str(tmp_path / "*.gif")]))
@@ -180,7 +187,7 @@ def test_globs_missing_paths_and_empty_folders(tmp_path):
 
 
 def test_symlink_loops(tmp_path):
-    cv2.imwrite(str(tmp_path / "ok.png"), _rgb())
+    cv2.imwrite(str(tmp_path / "ok.png"), rgb_image())
     os.symlink("b.png", tmp_path / "a.png")  # a -> b -> a: ELOOP on open
     os.symlink("a.png", tmp_path / "b.png")
     (tmp_path / "sub").mkdir()
@@ -194,7 +201,7 @@ def test_symlink_loops(tmp_path):
 
 
 def test_entries_that_cannot_be_opened(tmp_path):
-    cv2.imwrite(str(tmp_path / "ok.png"), _rgb())
+    cv2.imwrite(str(tmp_path / "ok.png"), rgb_image())
     os.mkfifo(tmp_path / "fifo.png")  # opening it would block forever
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(tmp_path / "sock.jpg"))  # not openable at all, even by root
@@ -211,7 +218,7 @@ def test_entries_that_cannot_be_opened(tmp_path):
                     "test_cli_run.py::test_unreadable_file_as_root_without_dac_override")
 def test_unreadable_file(tmp_path):
     path = tmp_path / "secret.png"
-    cv2.imwrite(str(path), _rgb())
+    cv2.imwrite(str(path), rgb_image())
     path.chmod(0)
     with pytest.raises(BadInput, match="permission denied"):
         load_image(path, RGB32)
@@ -252,7 +259,7 @@ def test_truncated_video_keeps_its_good_frames_with_a_notice(tmp_path):
 
 
 def test_memory_is_bounded_by_the_window_not_the_input_count(tmp_path):
-    cv2.imwrite(str(tmp_path / "one.png"), _rgb())
+    cv2.imwrite(str(tmp_path / "one.png"), rgb_image())
     pulled = 0
 
     def endless():
@@ -272,7 +279,7 @@ def test_memory_is_bounded_by_the_window_not_the_input_count(tmp_path):
 
 def test_batches_are_fixed_size_padded_and_in_value_range(tmp_path):
     for i in range(5):
-        cv2.imwrite(str(tmp_path / f"{i}.png"), _rgb(seed=i))
+        cv2.imwrite(str(tmp_path / f"{i}.png"), rgb_image(seed=i))
     skipped = []
     stream = decode_stream(expand_sources([str(tmp_path), str(tmp_path / "x.png")]), GRAY8)
     got = list(batches(stream, GRAY8, 4, value_range=(-1.0, 1.0), on_skip=skipped.append))

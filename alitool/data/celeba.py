@@ -7,9 +7,10 @@ Files, in --data-dir (or its ``celeba/`` subfolder, torchvision's layout):
 - ``list_attr_celeba.txt``: the image count, the 40 attribute names, then ``000001.jpg  -1  1 ...`` per image;
 - ``list_eval_partition.txt``: ``000001.jpg 0`` per image, 0 = train, 1 = valid, 2 = test.
 
-Each image is centre-cropped to a square and resized to ``data.image_size`` (64 in the paper). Attributes come
-with the images as uint8 0/1 (``ArrayDataset.attrs``, names in ``attr_names``). Splits: ``train``, ``val``,
-``test`` (the official partition) and ``all``.
+Each image is centre-cropped to a square (``data.crop: center``) and resized to ``data.image_size`` (64 in the
+paper) by the contract's preprocessing (``alitool.contract.preprocess``). Attributes come with the images as
+uint8 0/1 (``ArrayDataset.attrs``, names in ``attr_names``). Splits: ``train``, ``val``, ``test`` (the official
+partition) and ``all``.
 
 The official files are on Google Drive, which has no stable direct-download URL: they are not downloaded
 automatically; a missing file gets the one-line instruction with the official page.
@@ -116,5 +117,5 @@ def load_celeba(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
     if absent:
         raise UserError(f"{images_at}: {absent[0]} is listed in {ATTR_FILE} but not there")
     size, channels = cfg.data.image_size, cfg.data.channels
-    images, kept = load_images(source, members, size, channels, tag=f"celeba-{split}")
+    images, kept = load_images(source, members, size, channels, tag=f"celeba-{split}", crop=cfg.data.crop)
     return ArrayDataset("celeba", split, images, None, attrs[rows][kept], tuple(attr_names))

@@ -1,13 +1,15 @@
 """Datasets stored as image files (CelebA, Tiny ImageNet, any folder): decoded once into compact uint8 arrays.
 
-Each image is decoded with OpenCV, centre-cropped to a square and resized to the config's image size (paper
-section 4 / Appendix A: CelebA and Tiny ImageNet at 64x64), in a thread pool (OpenCV releases the GIL while
-decoding). The result is a uint8 [N, C, H, W] array: 200k CelebA images are 2.5 GB, not 10 GB of floats.
+Each image goes through the one preprocessing of ``alitool.contract.preprocess`` (the same as INT8 calibration
+and inference): decoded with OpenCV, centre-cropped to a square (or stretched, ``data.crop: stretch``) and
+resized to the config's image size (paper section 4 / Appendix A: CelebA and Tiny ImageNet at 64x64), then
+rounded to 8-bit levels, in a thread pool (OpenCV releases the GIL while decoding). The result is a uint8
+[N, C, H, W] array: 200k CelebA images are 2.5 GB, not 10 GB of floats.
 
 Decoding 200k JPEGs takes minutes on 2 cores, so large sets are cached as ``.npy`` under
-``$ALITOOL_CACHE/decoded/`` (default ``~/.cache/alitool``), keyed by the files' names, sizes and mtimes and the
-output shape: changing the folder, the image size or the channels decodes again. The cache file is written
-atomically and memory-mapped (copy-on-write) when read.
+``$ALITOOL_CACHE/decoded/`` (default ``~/.cache/alitool``), keyed by the files' names, sizes and mtimes, the
+output shape and the crop: changing the folder, the image size, the channels or the crop decodes again. The
+cache file is written atomically and memory-mapped (copy-on-write) when read.
 
 Images can come from a folder or straight from the official zip archive (no unpacking needed); a bad image is
 reported on one warning line and skipped, never fatal.
@@ -25,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from alitool.checkpoint import atomic_write_bytes
+from alitool.atomic import atomic_write_bytes
+from alitool.contract.preprocess import IMAGE_EXTENSIONS, BadInput, Preprocess, decode_pixels
 from alitool.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 CACHE_ENV = "ALITOOL_CACHE"
 CACHE_MIN_IMAGES = 5000  # below this, decoding takes seconds and a cache file is not worth the disk
-CACHE_FORMAT = "v1"
+# v2: the contract's preprocessing (16-bit files rounded after resizing instead of truncated before it, large
+# JPEGs decoded at reduced scale, the crop policy): arrays cached by v1 may differ, so they are not reused.
+CACHE_FORMAT = "v2"
 
 
 def cache_dir() -> Path:
@@ -95,51 +99,20 @@ class ImageSource:
         return h.hexdigest()
 
 
-def center_crop_resize(image: np.ndarray, size: int, crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Crop ``image`` (H, W[, C]) to ``crop_box`` (top, left, height, width) or else its central square, then
-    resize to ``size`` x ``size`` (area averaging when shrinking, which does not alias; bilinear when growing)."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if crop_box is None:
-        side = min(h, w)
-        crop_box = ((h - side) // 2, (w - side) // 2, side, side)
-    top, left, ch, cw = crop_box
-    image = image[top : top + ch, left : left + cw]
-    if image.shape[:2] != (size, size):
-        shrink = image.shape[0] > size or image.shape[1] > size
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return image
-
-
-def decode_image(data: bytes, size: int, channels: int,
-                 crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
-    """Encoded bytes -> uint8 [C, size, size] (RGB or grayscale), or None when OpenCV cannot decode them."""
-    import cv2
-
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
-    if image is None or image.size == 0:
-        return None
-    image = center_crop_resize(image, size, crop_box)
-    if channels == 1:
-        return image[None]
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))  # OpenCV's BGR -> RGB, HWC -> CHW
-
-
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
 def decode_all(source: ImageSource, names: Sequence[str], size: int, channels: int,
                crop_box: tuple[int, int, int, int] | None = None, workers: int | None = None,
-               warn: Callable[[str], None] = _warn) -> tuple[np.ndarray, np.ndarray]:
+               warn: Callable[[str], None] = _warn, crop: str = "center") -> tuple[np.ndarray, np.ndarray]:
     """Decode ``names`` into uint8 [N, C, size, size]; returns (images, kept) where ``kept`` indexes ``names``.
 
     Unreadable or undecodable images are reported with one warning line each and left out.
     """
     if channels not in (1, 3):
         raise UserError(f"data.channels must be 1 (grayscale) or 3 (RGB) for image files, not {channels}")
+    pre = Preprocess(size, channels, crop)
     out = np.empty((len(names), channels, size, size), dtype=np.uint8)
     ok = np.zeros(len(names), dtype=bool)
 
@@ -148,10 +121,10 @@ def decode_all(source: ImageSource, names: Sequence[str], size: int, channels: i
             data = source.read(names[i])
         except (OSError, zipfile.BadZipFile, KeyError, ValueError) as err:
             return f"{source}/{names[i]}: cannot read ({' '.join(str(err).split())}); skipped"
-        image = decode_image(data, size, channels, crop_box)
-        if image is None:
-            return f"{source}/{names[i]}: not a decodable image; skipped"
-        out[i] = image
+        try:
+            out[i] = decode_pixels(data, pre, crop_box)
+        except BadInput as err:
+            return f"{source}/{names[i]}: {err}; skipped"
         ok[i] = True
         return None
 
@@ -171,11 +144,13 @@ def decode_all(source: ImageSource, names: Sequence[str], size: int, channels: i
 
 def load_images(source: ImageSource, names: Sequence[str], size: int, channels: int, tag: str,
                 crop_box: tuple[int, int, int, int] | None = None,
-                cache_min_images: int = CACHE_MIN_IMAGES) -> tuple[np.ndarray, np.ndarray]:
-    """``decode_all`` with a disk cache for large sets (see the module docstring). ``tag`` names the cache file."""
+                cache_min_images: int = CACHE_MIN_IMAGES, crop: str = "center") -> tuple[np.ndarray, np.ndarray]:
+    """``decode_all`` with a disk cache for large sets (see the module docstring). ``tag`` names the cache file;
+    ``crop`` is the config's ``data.crop``."""
     if len(names) < cache_min_images:
-        return decode_all(source, names, size, channels, crop_box)
-    key = hashlib.sha256(f"{CACHE_FORMAT}|{tag}|{size}|{channels}|{crop_box}|{source.fingerprint(names)}".encode())
+        return decode_all(source, names, size, channels, crop_box, crop=crop)
+    fingerprint = source.fingerprint(names)
+    key = hashlib.sha256(f"{CACHE_FORMAT}|{tag}|{size}|{channels}|{crop}|{crop_box}|{fingerprint}".encode())
     stem = cache_dir() / f"{tag}-{channels}x{size}x{size}-{key.hexdigest()[:16]}"
     images_path, kept_path = stem.with_suffix(".images.npy"), stem.with_suffix(".kept.npy")
     if images_path.is_file() and kept_path.is_file():
@@ -187,7 +162,7 @@ def load_images(source: ImageSource, names: Sequence[str], size: int, channels: 
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt, never trusted
         _warn(f"{images_path}: unreadable cache; decoding again")
-    images, kept = decode_all(source, names, size, channels, crop_box)
+    images, kept = decode_all(source, names, size, channels, crop_box, crop=crop)
     try:
         atomic_write_bytes(kept_path, lambda f: np.save(f, kept))
         atomic_write_bytes(images_path, lambda f: np.save(f, images))

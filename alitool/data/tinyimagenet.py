@@ -80,6 +80,7 @@ def load_tinyimagenet(cfg: Config, split: str, data_dir: str) -> ArrayDataset:
             labels.append(class_of[fields[1]])
     if not names:
         raise UserError(f"{source}: no {split} images found under {prefix}{'train' if split == 'train' else 'val'}/")
-    images, kept = load_images(source, names, cfg.data.image_size, cfg.data.channels, tag=f"tinyimagenet-{split}")
+    images, kept = load_images(source, names, cfg.data.image_size, cfg.data.channels, tag=f"tinyimagenet-{split}",
+                               crop=cfg.data.crop)
     return ArrayDataset("tinyimagenet", split, images, np.asarray(labels, dtype=np.int64)[kept],
                         class_names=tuple(wnids))

@@ -2,12 +2,13 @@
 exactly as the model was trained (size, channels, value range), with every bad input turned into a reason.
 
 - ``alitool.io.sources``: expand command-line SOURCES into images, videos and skipped inputs;
-- ``alitool.io.images``: decode image bytes and prepare them for a model (``Preprocess``);
+- ``alitool.contract.preprocess``: decode image bytes and prepare them for a model (``Preprocess``), the one
+  implementation shared with training and INT8 calibration (paper Appendix A: fixed-size images in [0, 1]);
 - ``alitool.io.video``: read video frames (with a stride) and write side-by-side videos.
 """
 
 from __future__ import annotations
 
+from alitool.contract.preprocess import BadInput
 
-class BadInput(Exception):
-    """One input cannot be used; ``str(err)`` says why in a few words. It is skipped, never fatal."""
+__all__ = ["BadInput"]

@@ -2,7 +2,8 @@
 figures 2-5: originals and their reconstructions x -> z -> x in alternating columns), latent interpolations
 (figure 6: originals at both ends, decodings of linearly interpolated z between them) and samples z ~ N(0, I).
 
-Grids reuse ``alitool.viz``; video output is streamed frame by frame, so memory stays O(batch).
+Grids are drawn by ``alitool.viz``; model calls go through the encode path's fixed-size batches
+(``alitool.encoding``); video output is streamed frame by frame, so memory stays O(batch).
 """
 
 from __future__ import annotations
@@ -14,32 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from alitool.contract.meta import to_model_range, to_unit_range
+from alitool.contract.preprocess import Preprocess, load_image, prepare_frame
+from alitool.encoding.batching import call_model, padded_calls
+from alitool.encoding.encode import model_batches, preprocess_for
+from alitool.encoding.report import RunReport
 from alitool.errors import UserError
 from alitool.io import BadInput
-from alitool.io.images import Preprocess, load_image, prepare_frame
 from alitool.io.sources import parse_frame_ref
 from alitool.io.video import VIDEO_EXTENSIONS, AtomicVideoWriter, read_frame
-from alitool.pipeline import RunReport, call_model, model_batches, preprocess_for
 
 PICTURE_EXTENSIONS = (".png",)
 VIDEO_HEIGHT = 256  # side-by-side videos are enlarged (nearest neighbour) to about this height
-
-
-def to_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """Model-range images -> [0, 1] for display."""
-    low, high = value_range
-    return np.clip((np.asarray(images, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
-
-
-def run_fixed(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """``fn`` over ``x`` in fixed-size, zero-padded batches (static-shape engines see one shape only)."""
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        part = x[start : start + batch_size]
-        padded = np.zeros((batch_size, *x.shape[1:]), dtype=np.float32)
-        padded[: len(part)] = part
-        outputs.append(call_model(fn, padded)[: len(part)])
-    return np.concatenate(outputs) if outputs else np.zeros((0,), dtype=np.float32)
 
 
 def require_decoder(backend, model: str | Path, what: str) -> None:
@@ -66,9 +53,7 @@ def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: 
                         workers: int = 2, stride: int = 1, pairs_per_row: int = 8,
                         report: RunReport | None = None) -> RunReport:
     """The first ``n`` inputs and their reconstructions, paired in alternating columns, as one PNG."""
-    import torch
-
-    from alitool.viz import interleave, make_grid, save_png
+    from alitool.viz import save_reconstruction_grid
 
     report = report or RunReport()
     start = time.perf_counter()
@@ -81,9 +66,9 @@ def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: 
     if not originals:
         raise UserError(f"nothing to reconstruct: no usable image or frame ({len(report.skipped)} skipped)")
     vr = backend.meta.value_range
-    x, r = (torch.from_numpy(to_unit(np.concatenate(a), vr)) for a in (originals, recons))
+    x, r = (to_unit_range(np.concatenate(a), vr) for a in (originals, recons))
     report.rows = len(x)
-    save_png(out, make_grid(interleave(x, r), ncols=2 * min(pairs_per_row, len(x))))
+    save_reconstruction_grid(out, x, r, pairs_per_row)
     report.seconds = time.perf_counter() - start
     return report
 
@@ -94,7 +79,7 @@ def reconstruction_video(backend, sources: Iterable[str], out: str | Path, *, ba
     """Every frame (or image) next to its reconstruction, as a video written atomically."""
     import cv2
 
-    from alitool.viz import make_grid
+    from alitool.viz import reconstruction_picture
 
     report = report or RunReport()
     start = time.perf_counter()
@@ -105,8 +90,8 @@ def reconstruction_video(backend, sources: Iterable[str], out: str | Path, *, ba
                                    stride=stride):
             x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind="mean"))
             for i in range(batch.count):
-                pair = to_unit(np.stack([batch.images[i], x_rec[i]]), vr)
-                tile = make_grid(pair, ncols=2)
+                original, rebuilt = (to_unit_range(a[i : i + 1], vr) for a in (batch.images, x_rec))
+                tile = reconstruction_picture(original, rebuilt, pairs_per_row=1)
                 scale = max(1, VIDEO_HEIGHT // tile.shape[0])
                 frame = cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
                 frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]  # codecs want even sizes
@@ -142,8 +127,6 @@ def interpolation_grid(backend, endpoints: list[str], out: str | Path, *, steps:
                        batch_size: int = 64) -> int:
     """Rows of [x1, decode(z(t)) for t in linspace(0, 1, steps), x2] for each pair (x1, x2) of ``endpoints``,
     with z(t) = (1 - t) z1 + t z2 and z the posterior mean. Returns the number of rows."""
-    import torch
-
     from alitool.viz import make_grid, save_png
 
     if len(endpoints) < 2 or len(endpoints) % 2:
@@ -151,16 +134,16 @@ def interpolation_grid(backend, endpoints: list[str], out: str | Path, *, steps:
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (both ends), not {steps}")
     pre = preprocess_for(backend)
-    low, high = backend.meta.value_range
-    x = np.stack([load_one(text, pre) for text in endpoints]) * (high - low) + low
-    z = run_fixed(lambda b: backend.encode(b, kind="mean"), x.astype(np.float32), batch_size)
+    vr = backend.meta.value_range
+    x = to_model_range(np.stack([load_one(text, pre) for text in endpoints]), vr)
+    z = padded_calls(lambda b: backend.encode(b, kind="mean"), x, batch_size)
     z1, z2 = z[0::2], z[1::2]
     t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[None, :, None]
     path = ((1 - t) * z1[:, None] + t * z2[:, None]).reshape(-1, z.shape[1])
-    decoded = run_fixed(backend.decode, path, batch_size).reshape(len(z1), steps, *pre.shape)
+    decoded = padded_calls(backend.decode, path, batch_size).reshape(len(z1), steps, *pre.shape)
     ends = x.reshape(len(z1), 2, *pre.shape)
     rows = np.concatenate([ends[:, :1], decoded, ends[:, 1:]], axis=1).reshape(-1, *pre.shape)
-    save_png(out, make_grid(torch.from_numpy(to_unit(rows, (low, high))), ncols=steps + 2))
+    save_png(out, make_grid(to_unit_range(rows, vr), ncols=steps + 2))
     return len(z1)
 
 
@@ -174,8 +157,8 @@ def sample_grid(backend, out: str | Path, *, n: int = 64, seed: int = 0, batch_s
     if not meta.image_size:
         raise UserError(f"model {meta.name!r} generates {meta.channels}-D points, not images")
     z = np.random.default_rng(seed).standard_normal((n, meta.latent_dim)).astype(np.float32)
-    images = run_fixed(backend.decode, z, batch_size)
-    save_png(out, make_grid(to_unit(images, meta.value_range), ncols=max(1, math.ceil(math.sqrt(n)))))
+    images = padded_calls(backend.decode, z, batch_size)
+    save_png(out, make_grid(to_unit_range(images, meta.value_range), ncols=max(1, math.ceil(math.sqrt(n)))))
 
 
 def check_picture_path(out: str | Path, allow_video: bool = False) -> str:

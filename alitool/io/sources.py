@@ -20,7 +20,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from alitool.io.images import IMAGE_EXTENSIONS, os_reason
+from alitool.contract.preprocess import IMAGE_EXTENSIONS, os_reason
 from alitool.io.video import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = (".txt",)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from alitool.atomic import commit, discard, temp_beside
+from alitool.contract.preprocess import os_reason
 from alitool.errors import UserError
 from alitool.io import BadInput
-from alitool.io.images import os_reason
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 # A file that reports N frames and stops well short of that is damaged; the frames read so far are kept.
@@ -118,8 +118,10 @@ class AtomicVideoWriter:
             raise UserError(f"{self.path}: cannot write {suffix or 'extension-less'} videos; use one of "
                             f"{', '.join(_FOURCC)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The container is chosen from the extension, so the temporary name keeps it.
-        self.tmp = self.path.with_name(f".{self.path.stem}.{secrets.token_hex(4)}.tmp{suffix}")
+        # The container is chosen from the extension, so the temporary name keeps it. Creating the file first
+        # reserves the name and gives it the umask's permissions; OpenCV then truncates and fills it.
+        fd, self.tmp = temp_beside(self.path, f".tmp{suffix}")
+        os.close(fd)
         fourcc = cv2.VideoWriter_fourcc(*_FOURCC[suffix])
         self.writer = cv2.VideoWriter(str(self.tmp), fourcc, float(fps if fps > 0 else 25.0), size_wh)
         if not self.writer.isOpened():
@@ -133,14 +135,12 @@ class AtomicVideoWriter:
 
     def close(self) -> None:
         self.writer.release()
-        if self.frames == 0 or not self.tmp.exists():
+        if self.frames == 0 or not self.tmp.exists() or self.tmp.stat().st_size == 0:  # OpenCV wrote nothing
             self.abort()
             raise UserError(f"{self.path}: no frames were written")
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
 
     def abort(self) -> None:
         if getattr(self, "writer", None) is not None:
             self.writer.release()
-        self.tmp.unlink(missing_ok=True)
+        discard(self.tmp)

@@ -1,0 +1,378 @@
+"""The one way an image file becomes a model input, for the training image folders, INT8 calibration and
+inference alike.
+
+The paper's models see fixed-size square images with values in [0, 1] (Dumoulin et al. 2017, Appendix A:
+SVHN and CIFAR10 32x32 RGB, CelebA and Tiny ImageNet 64x64 RGB; this project's digits 8x8 grayscale). A model
+carries that recipe in its metadata (``ModelMeta``: image size, channels, value range, and the config's
+``data.crop``), so ``Preprocess`` is built from the model and never retyped.
+
+The steps, each one function, so that every stage computes the same pixels:
+
+1. ``read_file``: the bytes of a regular file (or ``BadInput`` saying why not);
+2. ``decode``: bytes -> an H x W (grayscale model) or H x W x 3 (BGR, OpenCV's order) array at the file's own
+   depth (uint8, uint16 or float), EXIF orientation applied, alpha dropped, palettes expanded, grayscale
+   replicated for colour models and colour converted to luma for grayscale models; large JPEGs decoded at
+   1/2, 1/4 or 1/8 scale when ``jpeg_draft`` (the default everywhere; ``--full-jpeg-decode`` is the exception);
+3. ``to_pixels``: crop (the central square, or none for "stretch"), resize to S x S at the source's depth
+   (area averaging when shrinking, bilinear when enlarging), round to 8-bit levels and reorder to uint8
+   [C, S, S] RGB. Every model is trained on 8-bit pixels, so a 16-bit file gives the 8-bit levels nearest to its
+   resized values, in every stage. The training loader stores exactly this array;
+4. ``to_unit_float``: uint8 -> float32 in [0, 1] as k / 255, the division the training loader performs on its
+   batches (then ``alitool.contract.meta.to_model_range`` for the model's value range).
+
+``Preprocess.describe`` writes the same rule in words into every exported ONNX file, so that a C++ or JavaScript
+user can reproduce it from the file alone. Every way an image file can be unusable (empty, truncated, not an
+image, unreadable, absurdly large) raises ``BadInput`` with a short reason; the caller skips the file.
+
+No torch here, and OpenCV / Pillow are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import struct
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class BadInput(Exception):
+    """One input cannot be used; ``str(err)`` says why in a few words. It is skipped, never fatal (re-exported as
+    ``alitool.io.BadInput``)."""
+
+
+# The version of the artifact contract (this preprocessing, the tensor names and metadata keys of
+# ``alitool.contract.names``): written as every exported ONNX file's ``model_version``. A reader that knows
+# version N reproduces the inputs of any file that says N; it goes up whenever a file's inputs would change.
+CONTRACT_VERSION = 1
+
+# Every extension OpenCV decodes as a still image; the one list for training folders, --calib folders and SOURCES.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
+# A 20000x20000 RGB image is 1.2 GB decoded; refuse such files before decoding them, from their header.
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+MAX_FILE_BYTES = 512 * 1024 * 1024
+CROP_POLICIES = ("center", "stretch")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How to turn any picture into one model input: uint8 pixels [channels, image_size, image_size], then
+    float32 in [0, 1]."""
+
+    image_size: int
+    channels: int
+    crop: str = "center"  # "center": the central square, resized; "stretch": the whole image, resized
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Decode large JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when that still leaves twice the
+    # model's resolution: several times faster. The rule of every stage; False is ``--full-jpeg-decode``.
+    jpeg_draft: bool = True
+
+    def __post_init__(self):
+        if self.crop not in CROP_POLICIES:
+            raise ValueError(f"crop must be one of {', '.join(CROP_POLICIES)}, not {self.crop!r}")
+
+    @staticmethod
+    def from_config(data, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> Preprocess:
+        """The recipe of a config's ``data`` section (``DataConfig``: image_size, channels, crop)."""
+        return Preprocess(data.image_size, data.channels, getattr(data, "crop", "center"), max_pixels, jpeg_draft)
+
+    @staticmethod
+    def from_meta(meta, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> Preprocess:
+        """The training recipe carried by a model (``ModelMeta``; the crop comes from its config)."""
+        data = meta.config.get("data", {}) if isinstance(meta.config, dict) else {}
+        crop = data.get("crop", "center") if isinstance(data, dict) else "center"
+        crop = crop if crop in CROP_POLICIES else "center"
+        return Preprocess(meta.image_size, meta.channels, crop, max_pixels, jpeg_draft)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def describe(self, value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, str]:
+        """This preprocessing in words, one entry per choice: the ``alitool.preprocess.*`` metadata keys of every
+        exported ONNX file (and the table in docs/export.md), so that it can be reproduced without alitool."""
+        s, low, high = self.image_size, value_range[0], value_range[1]
+        jpeg = ("JPEGs whose shorter side // f is at least 2 x the image size, for the largest f of 8, 4, 2, are "
+                "decoded by libjpeg at 1/f scale (DCT scaling, OpenCV IMREAD_REDUCED_*); others at full size"
+                if self.jpeg_draft else "decoded at full size")
+        gray = ("colour files are converted to luma by the decoder: Y = 0.299 R + 0.587 G + 0.114 B (ITU-R "
+                "BT.601; a JPEG's own Y channel); colour video frames by OpenCV COLOR_BGR2GRAY"
+                if self.channels == 1 else "a one-channel file is replicated into R, G and B")
+        value = ("x01" if (low, high) == (0.0, 1.0) else f"x01 * {high - low:g} + {low:g}")
+        return {
+            "alitool.preprocess.format": str(CONTRACT_VERSION),
+            "alitool.preprocess.size": f"{s}x{s}",
+            "alitool.preprocess.channel_order": "RGB" if self.channels == 3 else "grayscale (one channel)",
+            "alitool.preprocess.layout": f"NCHW float32, [N, {self.channels}, {s}, {s}]",
+            "alitool.preprocess.decode": (
+                f"OpenCV cv2.imdecode with {'IMREAD_GRAYSCALE' if self.channels == 1 else 'IMREAD_COLOR'} | "
+                "IMREAD_ANYDEPTH (libjpeg-turbo, libpng, libtiff, libwebp): the file's bit depth is kept"),
+            "alitool.preprocess.exif": "orientation applied (the EXIF Orientation tag's rotation/flip) before cropping",
+            "alitool.preprocess.alpha": "dropped: the colour channels as stored, not composited on a background",
+            "alitool.preprocess.palette": "expanded to its colours",
+            "alitool.preprocess.grayscale": gray,
+            "alitool.preprocess.jpeg": jpeg,
+            "alitool.preprocess.crop": (
+                "center square: side = min(H, W), top = (H - side) // 2, left = (W - side) // 2"
+                if self.crop == "center" else "stretch: the whole image, aspect ratio not kept"),
+            "alitool.preprocess.resize": (
+                f"to {s}x{s} with OpenCV cv2.resize: INTER_AREA when shrinking (either side over {s}), "
+                f"INTER_LINEAR when enlarging, none at {s}x{s}; at the file's bit depth"),
+            "alitool.preprocess.depth": (
+                "rounded to 8-bit levels after resizing: 8-bit as is; 16-bit v -> (v * 255 + 32767) // 65535; "
+                "float v -> round(clip(v, 0, 1) * 255)"),
+            "alitool.preprocess.scale": "x01 = k / 255 in float32 (k the 8-bit level), so x01 is in [0, 1]",
+            "alitool.preprocess.value_range": f"{low:g},{high:g}: model input = {value}",
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Bytes.
+
+
+def quiet_opencv() -> None:
+    """Silence OpenCV's and FFmpeg's own stderr chatter ("PNG input buffer is incomplete", "moov atom not
+    found"): each bad input must give exactly one line, ours. Also keep OpenCV single-threaded per call,
+    because the callers already decode one image per worker thread."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # older builds without the logging submodule
+        pass
+    cv2.setNumThreads(1)
+
+
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, or BadInput saying why not (checked before opening, so that a FIFO
+    never blocks and a socket never raises something obscure)."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise BadInput(os_reason(err)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput("not a regular file (a socket, FIFO or device cannot be read as an image)")
+    if info.st_size == 0:
+        raise BadInput("empty file (0 bytes)")
+    if info.st_size > max_bytes:
+        raise BadInput(f"file is {info.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise BadInput(os_reason(err)) from None
+
+
+def os_reason(err: OSError) -> str:
+    """A few words for an OSError, without the path (the caller names the file)."""
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.ENOENT:
+        return "no such file (or a broken symbolic link)"
+    return (err.strerror or str(err)).lower()
+
+
+# Pillow reports oversized headers through the process-wide warnings machinery; reading a header is quick,
+# so one lock keeps this module's own threads from interleaving their catch_warnings blocks.
+_PIL_LOCK = threading.Lock()
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding pixels; other formats via Pillow's lazy
+    header reader when it is installed; None when unknown. A header over Pillow's decompression-bomb limit is
+    BadInput (over the limit), without touching Pillow's settings."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_dimensions(data)
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with _PIL_LOCK, warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", Image.DecompressionBombWarning)  # recorded, never printed
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        raise BadInput(f"image is over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} Mpixel by its header, "
+                       f"over the limit") from None
+    except Exception:  # noqa: BLE001 - any other failure just means "size unknown"; OpenCV decides next
+        return None
+
+
+# JPEG start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) share the range.
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            pos += 2
+            continue
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if marker in _SOF_MARKERS and pos + 9 <= n:
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        if marker == 0xDA:  # start of scan before any frame header: not a valid JPEG
+            return None
+        pos += 2 + length
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. Decoding.
+
+
+def decode(data: bytes, pre: Preprocess) -> np.ndarray:
+    """Image bytes -> H x W (grayscale model) or H x W x 3 BGR (colour model; OpenCV's channel order, which
+    ``to_pixels`` turns into RGB) array at the file's depth: uint8, uint16 or float32.
+
+    OpenCV's decoder applies the EXIF orientation, drops alpha (as Pillow's ``convert("RGB")`` does), expands
+    palettes, replicates grayscale for RGB models, converts colour with ITU-R 601 weights for grayscale models
+    and CMYK JPEGs by libjpeg; 16-bit PNGs and TIFFs keep their 16 bits. With ``pre.jpeg_draft``, large JPEGs
+    are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (DCT scaling) when the result still has twice the model's
+    resolution: several times faster, and within about 1/255 of the full decoding once resized
+    (tests/test_sources.py measures it)."""
+    import cv2
+
+    if not data:
+        raise BadInput("empty file (0 bytes)")
+    size = image_dimensions(data)
+    if size is not None:
+        width, height = size
+        if width == 0 or height == 0:
+            raise BadInput(f"the header says the image is {width}x{height}")
+        if width * height > pre.max_pixels:
+            raise BadInput(
+                f"image is {width}x{height} ({width * height / 1e6:.0f} Mpixel), over the "
+                f"{pre.max_pixels / 1e6:.0f} Mpixel limit (--max-megapixels)"
+            )
+    gray = pre.channels == 1
+    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    if pre.jpeg_draft and size is not None and data[:2] == b"\xff\xd8":
+        reduce = jpeg_reduction(min(size), pre.image_size)
+        if reduce > 1:
+            flags = _REDUCED[(reduce, gray)](cv2)
+    if flags in (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_COLOR):
+        flags |= cv2.IMREAD_ANYDEPTH  # keep 16-bit PNG / TIFF precision until after the resize
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as err:
+        raise BadInput(f"cannot be decoded ({str(err).strip().splitlines()[-1][:80]})") from None
+    if image is None or image.size == 0:
+        raise BadInput("cannot be decoded as an image (truncated, corrupt, or not an image file)")
+    return image
+
+
+_REDUCED = {
+    (2, True): lambda cv2: cv2.IMREAD_REDUCED_GRAYSCALE_2, (2, False): lambda cv2: cv2.IMREAD_REDUCED_COLOR_2,
+    (4, True): lambda cv2: cv2.IMREAD_REDUCED_GRAYSCALE_4, (4, False): lambda cv2: cv2.IMREAD_REDUCED_COLOR_4,
+    (8, True): lambda cv2: cv2.IMREAD_REDUCED_GRAYSCALE_8, (8, False): lambda cv2: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def jpeg_reduction(short_side: int, target: int) -> int:
+    """The libjpeg scale denominator ``decode`` uses: the largest of 8, 4, 2 that leaves the shorter side at
+    least twice the model's size, else 1."""
+    for factor in (8, 4, 2):
+        if short_side // factor >= 2 * target:
+            return factor
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Geometry and depth: the uint8 pixels every stage shares.
+
+
+def to_pixels(image: np.ndarray, pre: Preprocess, crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A decoded image or video frame (H x W grayscale or H x W x 3 BGR; uint8, uint16 or float) -> uint8
+    [C, S, S] RGB: grayscale conversion, crop (``crop_box`` = (top, left, height, width) when a dataset gives
+    one, else ``pre.crop``), resize at the source's depth, rounding to 8-bit levels, channel reorder."""
+    import cv2
+
+    s = pre.image_size
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and pre.channels == 1:  # colour video frames for a grayscale model: convert first,
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)  # as a grayscale decode does
+    height, width = image.shape[:2]
+    if crop_box is not None:
+        top, left, ch, cw = crop_box
+        image = image[top : top + ch, left : left + cw]
+    elif pre.crop == "center" and height != width:
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        image = image[top : top + side, left : left + side]
+    if image.shape[:2] != (s, s):
+        shrink = image.shape[0] > s or image.shape[1] > s
+        image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    image = to_uint8(image)
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.broadcast_to(image, (pre.channels, s, s)))
+    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """The nearest 8-bit levels: every model is trained on 8-bit pixels. 16-bit v -> round(v * 255 / 65535)
+    (exact integer arithmetic, never a tie), float v -> round(clip(v, 0, 1) * 255)."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if image.dtype in (np.float32, np.float64):
+        unit = np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0)
+        return np.rint(unit * 255.0).astype(np.uint8)
+    raise BadInput(f"unsupported pixel type {image.dtype}")
+
+
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels (any shape) -> float32 in [0, 1], k / 255: the one value step of every stage.
+
+    A float32 division, correctly rounded: the same values as the training loader's ``uint8 tensor.float() / 255``
+    (a multiplication by float32(1/255) differs from it in the last bit for 126 of the 256 levels)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"to_unit_float takes uint8 pixels, not {pixels.dtype}")
+    return np.divide(pixels, np.float32(255.0), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The steps together.
+
+
+def decode_pixels(data: bytes, pre: Preprocess, crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """Encoded bytes -> uint8 [C, S, S] RGB (what the training loader stores), or BadInput."""
+    return to_pixels(decode(data, pre), pre, crop_box)
+
+
+def load_pixels(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
+    """Read and decode one image file: uint8 [C, S, S] RGB, or BadInput."""
+    return decode_pixels(read_file(path), pre)
+
+
+def load_image(path: str | Path, pre: Preprocess) -> np.ndarray:
+    """Read, decode and prepare one image file: float32 [C, S, S] RGB in [0, 1], or BadInput. What
+    ``alitool encode`` feeds the model (before the value range)."""
+    return to_unit_float(load_pixels(path, pre))
+
+
+def prepare_frame(bgr: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """A video frame as OpenCV reads it (H x W x 3 BGR uint8) -> float32 [C, S, S] RGB in [0, 1]."""
+    return to_unit_float(to_pixels(bgr, pre))
