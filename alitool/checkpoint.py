@@ -2,17 +2,15 @@
 
 A checkpoint is a dict of plain state dicts (unwrapped modules: no DDP ``module.`` or compile ``_orig_mod.``
 prefixes), optimizer states, counters, the resolved config as plain data, and the tool version. It is written
-to a temporary file in the same folder and moved into place with ``os.replace``, so a process killed at any
-moment leaves either the old or the new file, never a half-written one. It is read with
+to a temporary file in the same folder and moved into place with ``os.replace`` (``alitool.atomic``), so a
+process killed at any moment leaves either the old or the new file, never a half-written one. It is read with
 ``torch.load(weights_only=True)``: a file that carries pickled objects is refused, never executed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,13 +18,11 @@ from typing import Any
 import torch
 
 from alitool import __version__
+from alitool.atomic import atomic_write_bytes
 from alitool.config import Config, from_dict, to_dict
-from alitool.errors import UserError
+from alitool.errors import UserError, first_line
 
 FORMAT = "alitool-checkpoint/1"
-# mkstemp creates files as 0600; finished artifacts get the permissions a plain open() would give them.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -42,23 +38,6 @@ def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
                     key, changed = key[len(prefix) :], True
         cleaned[key] = value
     return cleaned
-
-
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Call ``writer(file_object)`` on a temp file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, *, cfg: Config, models: dict[str, torch.nn.Module],
@@ -87,12 +66,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0] if str(err) else "unsupported content"
-        raise UserError(
-            f"{path}: refused: the file holds pickled objects, not plain tensors ({reason[:120]})"
-        ) from None
+        reason = first_line(err, 120, default="unsupported content")
+        raise UserError(f"{path}: refused: the file holds pickled objects, not plain tensors ({reason})") from None
     except Exception as err:  # noqa: BLE001 - a damaged file can fail anywhere inside torch's unpickler
-        reason = (str(err).splitlines() or ["unreadable"])[0][:160]
+        reason = first_line(err, 160, default="unreadable")
         raise UserError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not an alitool checkpoint (no '{FORMAT}' marker)")

@@ -6,7 +6,7 @@ line or from a dataset's labels, with any backend (checkpoint, ONNX Runtime, Ten
   (encode, reconstruct, interpolate, sample) run it unchanged.
 - ``condition_grid``: figure 7's layout: one fixed z per row, one y setting per column.
 - ``dataset_reconstruction_grid`` / ``encode_dataset_to_npy``: a dataset split's images with their own labels
-  (or attributes) as y, through the same PNG and .npy writers as the file pipelines.
+  (or attributes) as y, through the same fixed-size batches, PNG and .npy writers as the file pipelines.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from alitool.conditional import Condition, broadcast_rows, condition_of
+from alitool.contract.meta import to_model_range, to_unit_range
+from alitool.encoding.batching import padded_calls
+from alitool.encoding.decoding import Record
+from alitool.encoding.feature_files import FeatureFiles
+from alitool.encoding.report import RunReport
 from alitool.errors import UserError
-from alitool.pipeline import FeatureFiles, Record, RunReport, call_model
 
 
 def fixed_condition(backend, class_text: str | None, attrs_text: str | None) -> np.ndarray | None:
@@ -61,25 +65,9 @@ class ConditionedBackend:
         return self.backend.decode(z, y=broadcast_rows(self.y, len(z)))
 
 
-def _padded_calls(fn, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
-    """``fn(*arrays)`` in fixed-size, zero-padded batches (static-shape engines see one shape only)."""
-    n = len(arrays[0])
-    outputs = []
-    for start in range(0, n, batch_size):
-        parts = []
-        for a in arrays:
-            padded = np.zeros((batch_size, *a.shape[1:]), dtype=np.float32)
-            chunk = a[start : start + batch_size]
-            padded[: len(chunk)] = chunk
-            parts.append(padded)
-        outputs.append(call_model(fn, *parts)[: min(batch_size, n - start)])
-    return np.concatenate(outputs)
-
-
 def condition_grid(backend, out: str | Path, columns_y: np.ndarray, *, rows: int = 8, seed: int = 0,
                    batch_size: int = 64) -> None:
     """Figure 7: ``rows`` draws z ~ N(0, I), one per row, each decoded with every column's y; one PNG."""
-    from alitool.io.pictures import to_unit
     from alitool.viz import make_grid, save_png
 
     meta = backend.meta
@@ -91,8 +79,8 @@ def condition_grid(backend, out: str | Path, columns_y: np.ndarray, *, rows: int
     z = np.random.default_rng(seed).standard_normal((rows, meta.latent_dim)).astype(np.float32)
     z_all = np.repeat(z, columns, axis=0)  # row-major: row r holds z_r in every column
     y_all = np.tile(np.asarray(columns_y, dtype=np.float32), (rows, 1))
-    images = _padded_calls(lambda zz, yy: backend.decode(zz, y=yy), (z_all, y_all), batch_size)
-    save_png(out, make_grid(to_unit(images, meta.value_range), ncols=columns))
+    images = padded_calls(lambda zz, yy: backend.decode(zz, y=yy), (z_all, y_all), batch_size)
+    save_png(out, make_grid(to_unit_range(images, meta.value_range), ncols=columns))
 
 
 def _dataset_for(backend, split: str, data_dir: str):
@@ -107,31 +95,22 @@ def _dataset_for(backend, split: str, data_dir: str):
     return load_dataset(cfg, split, data_dir), condition
 
 
-def _as_model_range(images01: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    low, high = value_range
-    return (images01 * (high - low) + low).astype(np.float32)
-
-
 def dataset_reconstruction_grid(backend, split: str, out: str | Path, *, n: int = 32, data_dir: str = "",
                                 y: np.ndarray | None = None, batch_size: int = 64, pairs_per_row: int = 8) -> int:
     """The first ``n`` images of the model's dataset split and their reconstructions with each image's own y
     (or the fixed ``y`` of --class / --attrs), in alternating columns as in paper figures 2-5. Returns n shown."""
-    import torch
-
-    from alitool.io.pictures import to_unit
-    from alitool.viz import interleave, make_grid, save_png
+    from alitool.viz import save_reconstruction_grid
 
     ds, condition = _dataset_for(backend, split, data_dir)
     count = min(n, len(ds))
     if count == 0:
         raise UserError(f"the {ds.name} {split} split is empty")
     vr = backend.meta.value_range
-    x = _as_model_range(ds.float_batch(slice(0, count)).numpy(), vr)
+    x = to_model_range(ds.float_batch(slice(0, count)).numpy(), vr)
     ys = condition.rows(ds, slice(0, count)) if y is None else broadcast_rows(y, count)
-    z = _padded_calls(lambda xx, yy: backend.encode(xx, kind="mean", y=yy), (x, ys), batch_size)
-    recon = _padded_calls(lambda zz, yy: backend.decode(zz, y=yy), (z, ys), batch_size)
-    originals, rebuilt = (torch.from_numpy(to_unit(a, vr)) for a in (x, recon))
-    save_png(out, make_grid(interleave(originals, rebuilt), ncols=2 * min(pairs_per_row, count)))
+    z = padded_calls(lambda xx, yy: backend.encode(xx, kind="mean", y=yy), (x, ys), batch_size)
+    recon = padded_calls(lambda zz, yy: backend.decode(zz, y=yy), (z, ys), batch_size)
+    save_reconstruction_grid(out, to_unit_range(x, vr), to_unit_range(recon, vr), pairs_per_row)
     return count
 
 
@@ -146,9 +125,9 @@ def encode_dataset_to_npy(backend, split: str, out: str | Path, *, kind: str = "
         report, start = RunReport(), time.perf_counter()
         for first in range(0, len(ds), batch_size):
             rows = slice(first, min(first + batch_size, len(ds)))
-            x = _as_model_range(ds.float_batch(rows).numpy(), backend.meta.value_range)
+            x = to_model_range(ds.float_batch(rows).numpy(), backend.meta.value_range)
             ys = condition.rows(ds, rows) if y is None else broadcast_rows(y, len(x))
-            feats = _padded_calls(lambda xx, yy: backend.encode(xx, kind=kind, y=yy), (x, ys), batch_size)
+            feats = padded_calls(lambda xx, yy: backend.encode(xx, kind=kind, y=yy), (x, ys), batch_size)
             files.append(feats, [Record(f"{ds.name}:{split}:{i}") for i in range(rows.start, rows.stop)])
         files.commit(report)
     report.seconds = time.perf_counter() - start

@@ -1,4 +1,10 @@
-"""Pictures people would rather look at than read: image grids (the paper's figures 2-6) and loss curves."""
+"""Pictures people would rather look at than read: image grids (the paper's figures 2-6: samples, originals next
+to their reconstructions, interpolations; Dumoulin et al. 2017, section 4) and loss curves.
+
+One NumPy implementation for training and the running side alike: images are [N, C, H, W] arrays in [0, 1]
+(trainers pass ``tensor.numpy()``; model-range arrays go through ``contract.meta.to_unit_range`` first). No torch
+here, and matplotlib only inside the loss plot.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,21 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from alitool.checkpoint import atomic_write_bytes
+from alitool.atomic import atomic_write_bytes
 
 MIN_CELL = 32  # small images (8x8 digits) are enlarged with nearest-neighbour so a grid is legible
 
 
-def to_uint8_hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+def to_uint8_hwc(images: np.ndarray) -> np.ndarray:
     """[N, C, H, W] floats in [0, 1] -> [N, H, W, C] uint8 (C = 1 or 3)."""
-    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    arr = np.asarray(images)
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return arr.transpose(0, 2, 3, 1)
 
 
-def make_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+def make_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile [N, C, H, W] images into one RGB uint8 picture, row-major, with a light grey border."""
     tiles = to_uint8_hwc(images)
     n, h, w, c = tiles.shape
@@ -41,11 +46,19 @@ def make_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, pad: 
     return grid
 
 
-def interleave(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+def interleave(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     """[o1, r1, o2, r2, ...]: in a grid with an even column count, originals sit in odd columns and their
     reconstructions right of them (paper figures 2-5)."""
-    pairs = torch.stack([originals, reconstructions], dim=1)
+    originals, reconstructions = np.asarray(originals), np.asarray(reconstructions)
+    pairs = np.stack([originals, reconstructions], axis=1)
     return pairs.reshape(-1, *originals.shape[1:])
+
+
+def reconstruction_picture(originals: np.ndarray, reconstructions: np.ndarray, pairs_per_row: int = 8) -> np.ndarray:
+    """Paper figures 2-5: each original ([N, C, H, W] in [0, 1]) with its reconstruction right of it, at most
+    ``pairs_per_row`` pairs per row (fewer when there are fewer images), as one RGB uint8 picture."""
+    ncols = 2 * max(1, min(pairs_per_row, len(originals)))
+    return make_grid(interleave(originals, reconstructions), ncols=ncols)
 
 
 def save_png(path: str | Path, picture_rgb: np.ndarray) -> None:
@@ -58,13 +71,15 @@ def save_png(path: str | Path, picture_rgb: np.ndarray) -> None:
     atomic_write_bytes(Path(path), lambda f: f.write(encoded.tobytes()))
 
 
-def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, ncols: int | None = None) -> None:
+def save_grid(path: str | Path, images: np.ndarray, ncols: int | None = None) -> None:
     save_png(path, make_grid(images, ncols))
 
 
-def save_reconstruction_grid(path: str | Path, originals: torch.Tensor, reconstructions: torch.Tensor,
+def save_reconstruction_grid(path: str | Path, originals: np.ndarray, reconstructions: np.ndarray,
                              pairs_per_row: int = 8) -> None:
-    save_grid(path, interleave(originals, reconstructions), ncols=2 * pairs_per_row)
+    """``reconstruction_picture`` as a PNG, atomically: what training writes every epoch and what
+    ``alitool reconstruct`` writes for files or a dataset split."""
+    save_png(path, reconstruction_picture(originals, reconstructions, pairs_per_row))
 
 
 def save_loss_plot(path: str | Path, rows: list[dict[str, float]],

@@ -1,6 +1,6 @@
 """`alitool encode | reconstruct | interpolate | sample` end to end through click, on real files and a real
-tiny model: every bad input of issue 5 gives one warning line, is skipped, and is counted; pictures have the
-paper's layout; model files that are not models give one error line."""
+tiny model: every kind of bad input (make_bad_inputs) gives one warning line, is skipped, and is counted;
+pictures have the paper's layout; model files that are not models give one error line."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ import textwrap
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from test_encode import digit_images, read_index, save_tiny_model, write_digit_files
-from test_sources import _huge_png, _rgb
+from helpers import digit_images, huge_png, invoke_cli, read_index, rgb_image, save_tiny_model, write_digit_files
 
 from alitool.backends import load_backend
-from alitool.cli import main
 
 CELL, PAD = 32, 2  # viz.make_grid enlarges 8x8 images to 32x32 cells with a 2-pixel border
 
@@ -28,8 +25,7 @@ def model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "checkpoint.pt")
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+run = invoke_cli  # `alitool ARGS` through click's test runner
 
 
 def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
@@ -44,7 +40,7 @@ def big(image_01: np.ndarray) -> np.ndarray:
 
 
 def make_bad_inputs(folder):
-    """Every bad input of the issue as a real file, next to good ones; returns (good names, bad names)."""
+    """Every kind of bad input encode must survive, as a real file next to good ones; returns (good, bad) names."""
     folder.mkdir()
     digits = digit_images(3)
     good = ["d0.png", "ünïcødé 名前 with spaces.png", "d2.jpg"]
@@ -53,18 +49,18 @@ def make_bad_inputs(folder):
     from PIL import Image
 
     cv2.imwrite(str(folder / "gray.png"), digits[0])
-    cv2.imwrite(str(folder / "rgba.png"), np.dstack([_rgb(8, 8)] + [np.full((8, 8), 9, np.uint8)]))
+    cv2.imwrite(str(folder / "rgba.png"), np.dstack([rgb_image(8, 8)] + [np.full((8, 8), 9, np.uint8)]))
     cv2.imwrite(str(folder / "deep16.png"), digits[1].astype(np.uint16) * 257)
-    Image.fromarray(_rgb(16, 16)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rgb_image(16, 16)).convert("CMYK").save(folder / "cmyk.jpg")
     good += ["gray.png", "rgba.png", "deep16.png", "cmyk.jpg"]
-    jpeg = cv2.imencode(".jpg", _rgb())[1].tobytes()
-    png = cv2.imencode(".png", _rgb())[1].tobytes()
+    jpeg = cv2.imencode(".jpg", rgb_image())[1].tobytes()
+    png = cv2.imencode(".png", rgb_image())[1].tobytes()
     (folder / "zero.png").write_bytes(b"")
     (folder / "trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     (folder / "trunc.png").write_bytes(png[: len(png) // 2])
     (folder / "text.jpg").write_text("not an image")
     (folder / "table.xyz").write_text("1,2,3")
-    _huge_png(folder / "huge.png", 20000)
+    huge_png(folder / "huge.png", 20000)
     os.symlink("loop_b.png", folder / "loop_a.png")
     os.symlink("loop_a.png", folder / "loop_b.png")
     (folder / "sub").mkdir()
@@ -107,8 +103,8 @@ def test_unreadable_file_as_root_without_dac_override(tmp_path):
     """chmod 000 does not stop root, whose CAP_DAC_OVERRIDE bypasses file modes: drop that capability in a
     child process (it stays root otherwise), so the kernel really refuses the read."""
     secret = tmp_path / "secret.png"
-    cv2.imwrite(str(secret), _rgb())
-    cv2.imwrite(str(tmp_path / "fine.png"), _rgb())
+    cv2.imwrite(str(secret), rgb_image())
+    cv2.imwrite(str(tmp_path / "fine.png"), rgb_image())
     secret.chmod(0)
     script = textwrap.dedent(f"""
         import ctypes, os, sys
@@ -130,9 +126,11 @@ def test_unreadable_file_as_root_without_dac_override(tmp_path):
             sys.exit(0)
         except PermissionError:
             pass
-        from alitool.io.images import Preprocess
+        from alitool.contract.preprocess import Preprocess
         from alitool.io.sources import expand_sources
-        from alitool.pipeline import RunReport, batches, decode_stream
+        from alitool.encoding.batching import batches
+        from alitool.encoding.decoding import decode_stream
+        from alitool.encoding.report import RunReport
         pre = Preprocess(8, 1)
         report = RunReport(warn=print)
         rows = sum(b.count for b in batches(decode_stream(expand_sources([{str(tmp_path)!r}]), pre), pre, 4,

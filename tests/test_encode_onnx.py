@@ -8,8 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from test_encode import read_index, save_tiny_model, write_digit_files
+from helpers import invoke_cli, read_index, save_tiny_model, write_digit_files
 
 from alitool.cli import main
 
@@ -18,8 +17,7 @@ if "export" not in main.commands:
     pytest.skip("`alitool export` is not in this build yet", allow_module_level=True)
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+run = invoke_cli  # `alitool ARGS` through click's test runner
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alitool.backends import ModelMeta, check_condition, check_kind
-from alitool.errors import UserError
+from alitool.backends import check_condition, check_kind
+from alitool.contract.meta import ModelMeta, meta_from_metadata, sample_posterior
+from alitool.contract.names import DECODER_FILES, ENCODER_FILES, INT8_SCHEME_KEY, Y
+from alitool.cpu_features import describe_int8_support, scheme_saturates
+from alitool.errors import UserError, first_line
 
-META_KEY = "alitool"  # metadata_props key holding ModelMeta as JSON (export/onnx.py writes it)
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-ENCODER_FILES = ("encoder.onnx", "encoder.int8.onnx")
-CONDITION_INPUT = "y"  # a conditional model's second input (export/onnx.py)
-DECODER_FILES = ("decoder.onnx",)
 
 
 def pick_providers(device: str, available: list[str]) -> list[str]:
@@ -85,6 +84,8 @@ class OnnxBackend:
                 raise UserError(f"{file}: holds the {values['alitool.graph']}, not the {graph}")
             self.sessions[graph], self.files[graph], metas[graph] = session, file, meta
             self.precision[graph] = values.get("alitool.precision", "fp32")
+            if self.precision[graph] == "int8" and session.get_providers()[0] == "CPUExecutionProvider":
+                _warn_if_int8_saturates(file, values.get(INT8_SCHEME_KEY))
         if len(metas) == 2 and metas["encoder"].source_sha256 != metas["decoder"].source_sha256:
             # Files from different checkpoints in one folder: the pair would encode and decode inconsistently.
             raise UserError(f"{self.files['encoder']} and {self.files['decoder']} come from different checkpoints "
@@ -108,8 +109,7 @@ class OnnxBackend:
         try:
             return ort.InferenceSession(str(file), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(f"{file}: onnxruntime cannot load it: {reason}") from None
+            raise UserError(f"{file}: onnxruntime cannot load it: {first_line(err, 200)}") from None
 
     def _outputs(self, graph: str) -> list[str]:
         return [o.name for o in self.sessions[graph].get_outputs()]
@@ -128,7 +128,7 @@ class OnnxBackend:
     def _feed(self, name: str, array: np.ndarray, y: np.ndarray | None) -> dict[str, np.ndarray]:
         """The session inputs: ``name`` -> array, plus ``y`` for a conditional model."""
         y = check_condition(self.meta, y, len(array))
-        return {name: array} if y is None else {name: array, CONDITION_INPUT: y}
+        return {name: array} if y is None else {name: array, Y: y}
 
     def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray:
         check_kind(kind)
@@ -143,9 +143,7 @@ class OnnxBackend:
         if kind == "mean" or not self.stochastic:
             return self.sessions["encoder"].run(["z_mean"], feed)[0]
         z_mean, z_log_sigma = self.sessions["encoder"].run(["z_mean", "z_log_sigma"], feed)
-        # Reparametrisation (paper section 3): one independent eps per latent dimension.
-        eps = self.rng.standard_normal(z_mean.shape).astype(np.float32)
-        return z_mean + np.exp(z_log_sigma) * eps
+        return sample_posterior(z_mean, z_log_sigma, self.rng)
 
     def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         if "decoder" not in self.sessions:
@@ -168,19 +166,27 @@ def _provider_options(provider: str, file: Path) -> dict[str, str]:
     return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
 
 
+_warned_int8: set[Path] = set()
+
+
+def _warn_if_int8_saturates(file: Path, scheme: str | None) -> None:
+    """One warning per file and process where its INT8 scheme is known to return wrong features on this CPU:
+    full-range 8-bit weights (or no scheme recorded: an earlier release's file, full-range) on x86 without
+    VNNI/AMX, where ONNX Runtime's u8 x s8 kernels add products in saturating 16-bit sums (alitool/cpu_features)."""
+    if not scheme_saturates(scheme) or file.resolve() in _warned_int8:
+        return
+    _warned_int8.add(file.resolve())
+    what = f"scheme {scheme}" if scheme else "no scheme recorded: exported before schemes, with 8-bit weights"
+    logging.getLogger("alitool").warning(
+        "note: %s is INT8 with full-range 8-bit weights (%s); this CPU, %s, has no VNNI/AMX, where ONNX Runtime's "
+        "int8 kernels saturate and return wrong features (z_mean cosine 0.92 instead of 0.9998 on digits). "
+        "Re-export with `alitool export --int8` (scheme portable) or encode with encoder.onnx",
+        file.name, what, describe_int8_support())
+
+
 def _session_meta(session, file: Path) -> tuple[ModelMeta, dict[str, str]]:
     values = dict(session.get_modelmeta().custom_metadata_map)
     return meta_from_metadata(values, file), values
-
-
-def meta_from_metadata(values: dict[str, str], where: str | Path) -> ModelMeta:
-    """The ModelMeta stored in an ONNX file's metadata (as read by onnx or onnxruntime)."""
-    if META_KEY not in values:
-        raise UserError(f"{where}: an ONNX file without alitool metadata; export it with `alitool export`")
-    try:
-        return ModelMeta.from_json(values[META_KEY])
-    except (ValueError, TypeError, KeyError) as err:
-        raise UserError(f"{where}: unreadable alitool metadata ({err})") from None
 
 
 def check_batch(array: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -14,70 +14,19 @@ A conditional model's engines (paper section 4.4) have a second input ``y`` [N, 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from alitool.backends import ModelMeta, check_condition, check_kind
+from alitool.backends import check_condition, check_kind
 from alitool.backends.onnx_backend import check_batch
+from alitool.contract.engines import read_sidecar
+from alitool.contract.meta import sample_posterior
 from alitool.errors import UserError
+from alitool.tensorrt_support import cuda_gpu, import_tensorrt
 
-INSTALL_HINT = "pip install 'alitool[trt]' (the trt extra; needs an NVIDIA GPU and driver)"
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 PRECISION_ORDER = ("fp32", "fp16", "int8")  # which engine a folder opens first
-
-
-class TensorRTUnavailable(UserError):
-    """TensorRT is not installed, or there is no CUDA GPU for it."""
-
-
-def import_tensorrt(ready: str = ""):
-    """``import tensorrt``, or one line saying how to install it (``ready``: what is usable meanwhile)."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as err:  # OSError: the Python bindings without their libnvinfer
-        detail = "" if isinstance(err, ModuleNotFoundError) else f" ({str(err).splitlines()[0][:120]})"
-        raise TensorRTUnavailable(f"TensorRT is not installed{detail}: {INSTALL_HINT}{ready}") from None
-    return trt
-
-
-def trt_major(version: str) -> int:
-    try:
-        return int(version.split(".")[0])
-    except ValueError:
-        raise UserError(f"cannot read the TensorRT version {version!r}") from None
-
-
-def cuda_gpu(ready: str = "") -> dict[str, str]:
-    """Name and compute capability of the current CUDA GPU, or a one-line error saying one is needed."""
-    try:
-        import torch
-    except ImportError:
-        raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU and PyTorch with CUDA to drive it{ready}") from None
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailable(f"TensorRT needs a CUDA GPU; none is usable here{ready}")
-    index = torch.cuda.current_device()
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
-
-
-def sidecar_path(engine: Path) -> Path:
-    return engine.with_name(engine.name + ".json")
-
-
-def read_sidecar(engine: Path) -> dict:
-    side = sidecar_path(engine)
-    if not side.is_file():
-        raise UserError(f"{engine}: no {side.name} next to it, so the TensorRT version and GPU it was built for "
-                        f"are unknown; rebuild it with `alitool export --trt`")
-    try:
-        info = json.loads(side.read_text(encoding="utf-8"))
-        info["meta"] = ModelMeta.from_json(info["meta"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{side}: unreadable engine sidecar ({err}); rebuild with `alitool export --trt`") from None
-    return info
 
 
 def check_engine_compatible(info: dict, engine: Path, trt_version: str, gpu: dict[str, str]) -> None:
@@ -209,8 +158,7 @@ class TensorRTBackend:
             return out["features"]
         if kind == "mean" or "z_log_sigma" not in out:
             return out["z_mean"]
-        eps = self.rng.standard_normal(out["z_mean"].shape).astype(np.float32)
-        return out["z_mean"] + np.exp(out["z_log_sigma"]) * eps  # reparametrisation (paper section 3)
+        return sample_posterior(out["z_mean"], out["z_log_sigma"], self.rng)
 
     def decode(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         if "decoder" not in self.engines:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from alitool.checkpoint import atomic_write_bytes
+from alitool.atomic import atomic_write_bytes
 from alitool.errors import UserError
 
 OFFLINE_ENV = "ALITOOL_OFFLINE"  # "1": never try the network

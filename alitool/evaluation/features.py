@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from alitool.config import Config, from_dict, load_config
+from alitool.contract.meta import to_model_range
 from alitool.data import ArrayDataset, load_dataset
 from alitool.errors import UserError
 
@@ -58,12 +59,9 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
 def model_features(backend, images: np.ndarray, kind: str, batch_size: int = 500) -> np.ndarray:
     """``backend.encode`` over ``images`` (uint8 or [0, 1] floats) in batches, scaled to the model's value range."""
-    low, high = backend.meta.value_range
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_float(images[start : start + batch_size])
-        if (low, high) != (0.0, 1.0):
-            x = low + x * (high - low)
+        x = to_model_range(to_float(images[start : start + batch_size]), backend.meta.value_range)
         out.append(np.asarray(backend.encode(x, kind=kind), dtype=np.float32))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

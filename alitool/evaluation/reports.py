@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from alitool import __version__
-from alitool.checkpoint import atomic_write_bytes
+from alitool.atomic import atomic_write_bytes
 from alitool.errors import UserError
 from alitool.evaluation.features import (
     PcaFeatures,
@@ -113,6 +113,12 @@ def classify_report(run: Path, dataset: str | None = None, data_dir: str = "", z
 def _provenance() -> dict:
     return {"alitool_version": __version__, "machine": platform.platform(),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def default_report_path(model: Path, name: str) -> Path:
+    """Where a report goes without --out: ``eval/<name>`` in the run folder (or beside the model file)."""
+    folder = model if model.is_dir() else model.parent
+    return folder / "eval" / name
 
 
 def write_json(path: Path, report: dict) -> None:

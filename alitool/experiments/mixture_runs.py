@@ -8,8 +8,8 @@ folder (``<out>/runs/<model>/seed-<k>/``: checkpoint.pt, config.yaml, metrics.cs
 
 ``paper_protocol``: the paper's random search, one draw of learning rate, beta1 and init std per seed on the
 paper's architecture (configs/mixture25_paper.yaml). The paper does not give the ranges; ours are centred on
-its stated values (PAPER_NOTES): lr log-uniform in [1e-5, 1e-3], beta1 uniform in [0.5, 0.9], init std
-log-uniform in [0.003, 0.1].
+its stated values (lr 1e-4, beta1 0.8, init std 0.01, as in that config): lr log-uniform in [1e-5, 1e-3], beta1
+uniform in [0.5, 0.9], init std log-uniform in [0.003, 0.1].
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alitool.checkpoint import atomic_write_bytes
+from alitool.atomic import atomic_write_bytes
+from alitool.contract.names import CHECKPOINT, RUNS_ROOT
 from alitool.errors import UserError
 
 MODELS = ("ali", "gan", "gan-inverse", "gan-posthoc", "vae")
@@ -32,6 +33,8 @@ NEEDS_GAN = ("gan-inverse", "gan-posthoc")
 DEFAULT_CONFIG = "mixture25"
 PAPER_CONFIG = "mixture25_paper"
 RESULT = "result.json"
+# What an experiment folder holds besides <out>/runs/: the comparison table, every run's metrics, and figure 8.
+TABLE, RESULTS, FIGURE = "table.md", "results.json", "figure8.png"
 
 
 def parse_models(text: str) -> tuple[str, ...]:
@@ -64,10 +67,10 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return self.out / "runs" / self.model / f"seed-{self.seed}"
+        return self.out / RUNS_ROOT / self.model / f"seed-{self.seed}"
 
     def gan_dir(self) -> Path:
-        return self.out / "runs" / "gan" / f"seed-{self.seed}"
+        return self.out / RUNS_ROOT / "gan" / f"seed-{self.seed}"
 
     def all_overrides(self) -> list[str]:
         values = [f"train.seed={self.seed}", *self.overrides]
@@ -88,7 +91,7 @@ def game_factory(spec: RunSpec) -> Callable:
         return baselines.VAEGame
     from alitool.checkpoint import load_checkpoint
 
-    gan_checkpoint = spec.gan_dir() / "checkpoint.pt"
+    gan_checkpoint = spec.gan_dir() / CHECKPOINT
     if not (spec.gan_dir() / RESULT).is_file():
         raise UserError(f"{spec.model} seed {spec.seed} needs the finished GAN run {spec.gan_dir()} first")
     decoder_state = load_checkpoint(gan_checkpoint)["models"]["decoder"]
@@ -102,7 +105,7 @@ def train_and_measure(spec: RunSpec) -> dict:
 
     from alitool.config import load_config, with_train
     from alitool.data import load_dataset
-    from alitool.experiments.mixture import draw, load_run_networks, measure
+    from alitool.experiments.mixture_experiment import draw, load_run_networks, measure
     from alitool.trainers.loop import Trainer
 
     result_path = spec.run_dir / RESULT
@@ -181,6 +184,20 @@ class Experiment:
                         for dependent in (m for m in NEEDS_GAN if m in trained):
                             pending[pool.submit(train_and_measure, self.spec(dependent, seed))] = (dependent, seed)
         return self._sorted()
+
+    def write_report(self, command: str) -> str:
+        """After ``run``: ``TABLE`` (headed by ``command``, the command line that reproduces it), ``RESULTS`` and
+        ``FIGURE`` (seed 0 of each model, like the paper's figure 8) in ``out``; returns the table."""
+        from alitool.experiments.mixture_experiment import draw, load_run_networks, save_figure, summary_table
+
+        table = summary_table(self.results)
+        text = f"Command: `{command}`\n\n{table}"
+        atomic_write_bytes(self.out / TABLE, lambda f: f.write(text.encode()))
+        atomic_write_bytes(self.out / RESULTS, lambda f: f.write(json.dumps(self.results, indent=1).encode()))
+        draws = {m: draw(load_run_networks(self.spec(m, 0).run_dir / CHECKPOINT)) for m in self.models}
+        protocol = "the paper's random search, " if self.paper_protocol else ""
+        save_figure(self.out / FIGURE, draws, title=f"seed 0 of each model ({protocol}config {self.config_name})")
+        return table
 
     def _collect(self, model: str, result: dict) -> None:
         self._report(result)

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alitool.checkpoint import atomic_write_bytes, load_checkpoint
+from alitool.atomic import atomic_write_bytes
+from alitool.checkpoint import load_checkpoint
 from alitool.data.mixture import STD, mixture_means, sample_mixture
 from alitool.errors import UserError
 
@@ -76,8 +77,8 @@ class RunNetworks:
 
 
 def load_run_networks(checkpoint: str | Path) -> RunNetworks:
-    from alitool.backends.torch_backend import network_state
     from alitool.models import Decoder, Encoder
+    from alitool.trained_networks import network_state
 
     payload = load_checkpoint(checkpoint)
     cfg, models = payload["config"], payload["models"]

@@ -1,0 +1,81 @@
+"""Atomic file writes, one way for every stage: a finished artifact (checkpoint, ONNX file, features, picture,
+video, cache) appears under its name whole or not at all.
+
+Supporting machinery for the paper's pipeline (Dumoulin et al. 2017, section 2: training the networks, then
+running the encoder G_z(x) and decoder G_x(z)); nothing here is part of the model itself.
+
+A temporary file is created beside the target (same folder, hence the same file system, so ``os.replace`` is an
+atomic rename), filled, flushed to disk, then moved over the target; any failure removes it. It is created with
+``os.open(..., 0o666)`` so that the kernel applies the process umask, exactly as for a plainly opened file: the
+umask is never read or changed, which would race with other threads (the encode path writes from several).
+
+No torch, no third-party import, no side effect at import: the running side uses this as much as training does.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, Path]:
+    """(open read-write file descriptor, path) of a new hidden, empty file next to ``path``, named
+    ``.<name>.<random><suffix>``. O_EXCL makes the name ours alone; mode 0o666 lets the umask decide the
+    permissions, as for any file the user creates. ``suffix`` keeps an extension for writers that choose a
+    format from it (OpenCV's video container)."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:  # a leftover of a killed run with the same random part: draw again
+            continue
+
+
+def commit(tmp: str | Path, path: str | Path, file: IO | None = None) -> None:
+    """Make ``tmp`` durable and move it over ``path``. ``file``: ``tmp``'s open file object, flushed, synced and
+    closed here; without it the file (written by someone else, such as OpenCV) is opened to be synced."""
+    if file is None:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    else:
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+    os.replace(tmp, path)
+
+
+def discard(tmp: str | Path, file: IO | None = None) -> None:
+    """Close ``file`` (if given) and remove ``tmp``; the target is left as it was."""
+    if file is not None:
+        file.close()
+    Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], object]) -> None:
+    """Call ``writer(binary_file)`` on a temporary file next to ``path``, fsync, then rename it over ``path``.
+    On any failure (the writer's, a full disk, an interrupt) the temporary file is removed and ``path`` keeps
+    its previous content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_beside(path)
+    try:
+        f = os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        discard(tmp)
+        raise
+    try:
+        with f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
