@@ -2,7 +2,9 @@
 
 The dataclasses are the schema. A YAML file (``configs/<name>.yaml``) only overrides fields, and a
 ``--set model.latent_dim=32`` overrides them once more, type-checked. An unknown key fails with a
-close-match hint. Nothing in a config is ever evaluated as code.
+close-match hint, and so does a value outside a key's choices (``choice`` below): every enumerated key is checked
+when the config is built, so a typo fails before a run folder exists, never silently or in the middle of a run.
+Nothing in a config is ever evaluated as code.
 
 Network architectures are *layer tables*: each row is one line of the paper's Appendix A tables
 (Dumoulin et al. 2017, tables 3-6), ``[op, kernel, stride, channels, batch_norm, dropout, activation]``.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -20,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from alitool.errors import UserError
+from alitool.errors import UserError, first_line
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 if not CONFIG_DIR.is_dir():  # editable install / source checkout: configs/ sits next to alitool/
@@ -28,6 +31,15 @@ if not CONFIG_DIR.is_dir():  # editable install / source checkout: configs/ sits
 
 LAYER_OPS = ("conv", "deconv", "linear")
 ACTIVATIONS = ("lrelu", "relu", "linear", "sigmoid", "maxout", "tanh")
+# train.device: what the training loop hands to torch.device (trainers/loop.py, pick_device).
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+def choice(default: str, choices: tuple[str, ...] = (), pattern: str = "", expected: str = "") -> Any:
+    """A string field whose value must be one of ``choices`` (or fully match the regex ``pattern``, described to
+    the user as ``expected``). ``_build`` and ``with_train`` check it whenever a config is built, so the code that
+    reads the key can rely on the value and never checks it again."""
+    return field(default=default, metadata={"choices": choices, "pattern": pattern, "expected": expected})
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,7 @@ class Layer:
     """One row of a paper architecture table.
 
     ``channels`` is the layer's output width *before* maxout: a maxout activation with ``pieces`` pieces
-    divides it (PAPER_NOTES: the CIFAR10 table lists pre-maxout widths). ``dropout`` is applied to the
+    divides it (the paper's CIFAR10 table lists the widths before maxout). ``dropout`` is applied to the
     layer's *input*, as in the official code.
     """
 
@@ -76,7 +88,7 @@ class ModelConfig:
     maxout_pieces: int = 2
     # The encoder's last layer outputs 2 * latent_dim channels = (mu, log_sigma) and z is sampled with the
     # reparametrisation trick (paper section 3). "deterministic" makes it output mu only (BiGAN).
-    encoder_output: str = "gaussian"
+    encoder_output: str = choice("gaussian", ("gaussian", "deterministic"))
     batch_norm_momentum: float = 0.05  # official code
     init_std: float = 0.01  # N(0, 0.01) weights, zero biases (official code); 0: PyTorch's default init
     # The 2-D experiment's encoder input (paper section 4.5): x concatenated with this many N(0, 1) noise values.
@@ -90,7 +102,7 @@ class ModelConfig:
     # y_names (class or attribute names) are filled in from the dataset at training time; they say what y means.
     conditional: bool = False
     y_embed_dim: int = 256
-    y_kind: str = ""
+    y_kind: str = choice("", ("", "class", "attributes"))
     y_names: tuple[str, ...] = ()
     encoder: tuple[Layer, ...] = ()
     decoder: tuple[Layer, ...] = ()
@@ -105,6 +117,9 @@ class DataConfig:
     image_size: int = 8
     channels: int = 1
     data_dir: str = ""  # empty: the dataset's default location
+    # How an image file of another shape becomes image_size x image_size: "center" cuts the central square, then
+    # resizes it; "stretch" resizes the whole image (alitool.contract.preprocess, Preprocess).
+    crop: str = choice("center", ("center", "stretch"))
     # Number of training images used to initialise the decoder's output bias to the log-odds of the mean
     # pixel (official code); 0 disables it.
     bias_init_images: int = 10000
@@ -114,7 +129,7 @@ class DataConfig:
 class SemiSupervisedConfig:
     """The K+1 semi-supervised game (paper section 4.3; Salimans et al. 2016). ``labels`` > 0 switches it on:
     that many training examples keep their labels (balanced over ``classes``, drawn with train.seed), and
-    D(x, z)'s last row outputs ``classes`` + 1 logits (alitool/trainers/semi.py)."""
+    D(x, z)'s last row outputs ``classes`` + 1 logits (trainers/semi.py)."""
 
     labels: int = 0  # 0: the plain ALI game
     classes: int = 10  # K
@@ -127,27 +142,28 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-4
     beta1: float = 0.5
-    beta2: float = 0.999  # the paper's "1e-3" is Blocks' 1 - beta2 (PAPER_NOTES)
+    beta2: float = 0.999  # the paper's "1e-3" is 1 - beta2: Blocks, the official code's library, takes it that way
     seed: int = 0
-    device: str = "auto"
+    device: str = choice("auto", pattern=DEVICE_PATTERN, expected="auto, cpu, cuda or cuda:N")
     max_steps: int = 0  # 0: no limit (stop after `epochs`)
     checkpoint_every_steps: int = 0  # 0: once per epoch (and at the end) ...
     checkpoint_every_minutes: float = 5.0  # ... and at least this often, so a kill loses little work
     sample_grid: int = 64  # images in each epoch's sample / reconstruction grid
     # "simultaneous": one forward graph, D and G/E step together (official code); "alternating": D steps first,
     # then G/E play against the updated D (docs/mixture.md measures the difference).
-    update: str = "simultaneous"
-    lr_schedule: str = "constant"  # constant | linear (decays to 0 at the last step)
+    update: str = choice("simultaneous", ("simultaneous", "alternating"))
+    lr_schedule: str = choice("constant", ("constant", "linear"))  # linear: decays to 0 at the last step
     # Speed switches (benchmarks/train_step.py measures them). "auto": bf16 autocast on CUDA GPUs that support
     # it and, for image models, on CPUs with native bf16 (AVX-512 BF16 / AMX); fp32 elsewhere and for vector data
     # (trainers/speed.py says why; benchmarks/RESULTS.md has the speed and training-quality measurements).
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = choice("auto", ("auto", "fp32", "bf16"))
     channels_last: bool = False  # NHWC memory format for the conv nets
     compile: bool = False  # torch.compile the three networks
     # Beyond the paper, each off by default (docs/switches.md):
-    loss: str = "bce"  # bce: the paper's softplus form; hinge: the hinge loss of BigBiGAN (Donahue & Simonyan 2019)
+    # bce: the paper's softplus form; hinge: the hinge loss of BigBiGAN (Donahue & Simonyan 2019)
+    loss: str = choice("bce", ("bce", "hinge"))
     alice: float = 0.0  # ALICE cycle term weight lambda (Li et al. 2017); 0: off
-    alice_norm: str = "l1"  # l1 | l2: the distance of the ALICE reconstructions of x and z
+    alice_norm: str = choice("l1", ("l1", "l2"))  # the distance of the ALICE reconstructions of x and z
     ema: float = 0.0  # decay of an exponential moving average of G_z and G_x (e.g. 0.999); 0: off
     semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
 
@@ -213,14 +229,35 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    return cls(**_checked(cls, values, prefix))
+
+
+def _checked(cls: type, values: dict, prefix: str) -> dict[str, Any]:
+    """``values`` for the fields of ``cls``: known keys only, each of its type and, for a ``choice`` field, one of
+    its choices."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
+    known = {f.name: f for f in fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in names:
-            raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in names]))
+        if key not in known:
+            raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in known]))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
+        _check_choice(known[key], kwargs[key], prefix + key)
+    return kwargs
+
+
+def _check_choice(f: dataclasses.Field, value: Any, key: str) -> None:
+    choices, pattern = f.metadata.get("choices", ()), f.metadata.get("pattern", "")
+    if value in choices or (pattern and re.fullmatch(pattern, value)) or not (choices or pattern):
+        return
+    expected = f.metadata.get("expected") or _or_list([repr(c) if c == "" else c for c in choices])
+    close = difflib.get_close_matches(value, [c for c in choices if c], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"config key {key!r} is {value!r}; expected {expected}{hint}")
+
+
+def _or_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def _unknown_key_message(key: str, known: list[str]) -> str:
@@ -282,7 +319,7 @@ def read_yaml(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read config: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{path}: cannot read config: {first_line(err)}") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config file must be a mapping at the top level")
     return values
@@ -343,8 +380,8 @@ def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, 
 
 
 def with_train(cfg: Config, **changes: Any) -> Config:
-    """Return ``cfg`` with train fields replaced (CLI flags such as --epochs)."""
-    return replace(cfg, train=replace(cfg.train, **changes))
+    """Return ``cfg`` with train fields replaced (CLI flags such as --epochs, --device), checked as ``--set`` is."""
+    return replace(cfg, train=replace(cfg.train, **_checked(TrainConfig, changes, "train.")))
 
 
 def dump_yaml(cfg: Config) -> str:

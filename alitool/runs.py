@@ -1,14 +1,20 @@
-"""Run folders: ``runs/<name>``, then ``runs/<name>-2``, ... and finding the newest one."""
+"""Run folders: ``runs/<name>``, then ``runs/<name>-2``, ... and the one lookup that finds the newest of them.
+
+Every "newest run" in the tool comes from ``newest_run``: ``train --resume`` (``trainers/resume.py``: the newest
+run of one config), the RUN commands' default model (``default_model``), and the default of ``export`` and ``eval``.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from alitool.contract.names import CHECKPOINT, ENCODER_ONNX, EXPORT_DIR, RUNS_ROOT
 from alitool.errors import UserError
 
-DEFAULT_ROOT = Path("runs")
-CHECKPOINT = "checkpoint.pt"
+DEFAULT_ROOT = Path(RUNS_ROOT)
+EXPORTED_ENCODER = f"{EXPORT_DIR}/{ENCODER_ONNX}"  # what makes a run folder hold an export, relative to it
+NEWEST = "__newest__"  # ``--resume`` without a folder: the newest run of the config
 
 
 def new_run_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
@@ -24,12 +30,44 @@ def new_run_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
     raise UserError(f"{root}: no free run folder name for {name!r}")
 
 
-def newest_run(root: Path = DEFAULT_ROOT, must_contain: str = CHECKPOINT) -> Path:
-    """The most recently modified run folder under ``root`` that holds ``must_contain``."""
-    candidates = [p.parent for p in root.glob(f"*/{must_contain}")] if root.is_dir() else []
+def is_run_of(folder: str, name: str) -> bool:
+    """Whether the run folder called ``folder`` belongs to the config ``name``: exactly the names ``new_run_dir``
+    gives it, ``name`` and ``name-N``. So ``mixture25-paper`` is not a run of ``mixture25``."""
+    return re.fullmatch(re.escape(name) + r"(-\d+)?", folder) is not None
+
+
+def newest_run(root: Path = DEFAULT_ROOT, name: str | None = None, must_contain: str = CHECKPOINT) -> Path:
+    """The run folder under ``root`` whose ``must_contain`` was modified last, among the runs of the config
+    ``name`` (``is_run_of``) or, without a name, among all runs."""
+    candidates = [p for p in root.iterdir() if p.is_dir() and (p / must_contain).is_file()] if root.is_dir() else []
+    if name is not None:
+        candidates = [p for p in candidates if is_run_of(p.name, name)]
     if not candidates:
+        if name is not None:
+            raise UserError(f"no {name} run ({name} or {name}-N) with a {must_contain} under {root}/; train one "
+                            f"first: alitool train {name}")
         raise UserError(f"no run with a {must_contain} under {root}/; train one first: alitool train digits")
-    return max(candidates, key=lambda p: (p / must_contain).stat().st_mtime)
+    # The folder name breaks a tie of modification times, so that the answer never depends on listing order.
+    return max(candidates, key=lambda p: ((p / must_contain).stat().st_mtime, p.name))
+
+
+def default_model(root: Path = DEFAULT_ROOT) -> Path:
+    """The model a RUN command opens without ``--model``: the newest export (``<run>/export``, when ONNX Runtime
+    is installed to run it), else the newest run with a checkpoint."""
+    try:
+        export = newest_run(root, must_contain=EXPORTED_ENCODER) / EXPORT_DIR
+    except UserError:
+        return newest_run(root)
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return newest_run(root)
+    return export
+
+
+def resolve_model(model: str | Path | None, root: Path = DEFAULT_ROOT) -> Path:
+    """``--model`` as a path, or the default model when it is not given."""
+    return Path(model) if model else default_model(root)
 
 
 def run_checkpoint(run_or_file: str | Path) -> Path:
@@ -40,7 +78,3 @@ def run_checkpoint(run_or_file: str | Path) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint there")
     return path
-
-
-def run_name_of(path: Path) -> str:
-    return re.sub(r"-\d+$", "", path.name)

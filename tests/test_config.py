@@ -1,8 +1,12 @@
+import dataclasses
+import re
+import typing
 from dataclasses import FrozenInstanceError
 
 import pytest
 
 from alitool.config import (
+    Config,
     Layer,
     available_configs,
     dump_yaml,
@@ -10,6 +14,7 @@ from alitool.config import (
     load_config,
     parse_override,
     to_dict,
+    with_train,
 )
 from alitool.errors import UserError
 
@@ -109,3 +114,79 @@ def test_a_base_that_loops_or_is_missing_is_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text("base: no_such_config\n")
     with pytest.raises(UserError, match="unknown config 'no_such_config'"):
         load_config(str(tmp_path / "c.yaml"))
+
+
+# Every enumerated key, a value of each that is allowed, and a typo with the hint it must get.
+CHOICE_CASES = [
+    ("train.update", "alternating", "alternate", "expected simultaneous or alternating; did you mean 'alternating'?"),
+    ("train.precision", "bf16", "fp8", "expected auto, fp32 or bf16; did you mean 'fp32'?"),
+    ("model.encoder_output", "deterministic", "gausian",
+     "expected gaussian or deterministic; did you mean 'gaussian'?"),
+    ("train.lr_schedule", "linear", "linaer", "expected constant or linear; did you mean 'linear'?"),
+    ("train.loss", "hinge", "hing", "expected bce or hinge; did you mean 'hinge'?"),
+    ("train.alice_norm", "l2", "l3", "expected l1 or l2; did you mean 'l2'?"),
+    ("data.crop", "stretch", "centre", "expected center or stretch; did you mean 'center'?"),
+    ("model.y_kind", "attributes", "classes", "expected '', class or attributes; did you mean 'class'?"),
+    ("train.device", "cuda:1", "gpu", "expected auto, cpu, cuda or cuda:N"),
+]
+
+
+@pytest.mark.parametrize(("key", "good", "bad", "expected"), CHOICE_CASES, ids=[c[0] for c in CHOICE_CASES])
+def test_an_enumerated_key_is_checked_when_the_config_loads(key, good, bad, expected):
+    section, name = key.split(".")
+    assert getattr(getattr(load_config("digits", [f"{key}={good}"]), section), name) == good
+    with pytest.raises(UserError) as err:
+        load_config("digits", [f"{key}={bad}"])
+    assert str(err.value) == f"config key {key!r} is {bad!r}; {expected}"
+    # the same check where a config comes back from a checkpoint or a resolved config.yaml
+    with pytest.raises(UserError, match=f"config key '{key}' is '{bad}'"):
+        from_dict({section: {name: bad}})
+
+
+def test_device_pattern_admits_only_what_the_loop_understands():
+    for device in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert load_config("digits", [f"train.device={device}"]).train.device == device
+    for device in ("cuda:", "cuda:x", "cpu:0", "CUDA", "cuda1", " cpu"):
+        with pytest.raises(UserError, match="expected auto, cpu, cuda or cuda:N"):
+            from_dict({"train": {"device": device}})
+
+
+def test_cli_flags_are_checked_like_set():
+    """``with_train`` is how --device, --epochs ... reach the config: the same checks as --set."""
+    cfg = load_config("digits")
+    assert with_train(cfg, device="cpu", epochs=3).train.device == "cpu"
+    with pytest.raises(UserError, match="config key 'train.device' is 'gpu'"):
+        with_train(cfg, device="gpu")
+    with pytest.raises(UserError, match="config key 'train.precision' is 'fp16'"):
+        with_train(cfg, precision="fp16")
+    with pytest.raises(UserError, match="expects int"):
+        with_train(cfg, epochs="many")
+    with pytest.raises(UserError, match="did you mean 'train.epochs'"):
+        with_train(cfg, epoch=3)
+
+
+def test_every_string_key_is_free_text_or_checked():
+    """A new enumerated key must be declared with ``choice`` (alitool/config.py); only these are free text."""
+    free = {"name", "description", "data.name", "data.data_dir"}
+    unchecked = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif hints[f.name] is str:
+                choices, pattern = f.metadata.get("choices"), f.metadata.get("pattern")
+                if choices or pattern:  # and the default passes its own check
+                    assert f.default in choices if choices else re.fullmatch(pattern, f.default), f.name
+                elif prefix + f.name not in free:
+                    unchecked.append(prefix + f.name)
+
+    walk(Config, "")
+    assert unchecked == []
+    assert {c[0] for c in CHOICE_CASES} >= {"train.update", "train.precision", "model.encoder_output", "data.crop"}
+
+
+def test_every_shipped_config_passes_the_checks():
+    for name in available_configs():
+        load_config(name)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY_DIGITS
 
 from alitool.backends import load_backend
 from alitool.cli import main
@@ -64,10 +65,14 @@ def test_pool_and_test_are_different_splits():
     cfg = load_config("digits")
     pool, test = load_pool_and_test(cfg)
     assert (pool.split, test.split) == ("train", "test") and len(pool) + len(test) == 1797
-    # digits' test split is a fixed, stratified subset: none of its rows is a training row
-    train_rows = {row.tobytes() for row in load_dataset(cfg, "train").x}
-    leaked = sum(row.tobytes() in train_rows for row in test.x)
-    assert leaked <= 3  # the data holds a few byte-identical duplicate images, not the same examples
+    # digits' test split is a fixed, stratified subset: train and test partition the examples, each in exactly one.
+    # Compared as multisets of (image, label), since the data holds a few byte-identical duplicate images.
+    from collections import Counter
+
+    def examples(ds):
+        return Counter((row.tobytes(), int(label)) for row, label in zip(ds.x, ds.y, strict=True))
+
+    assert examples(load_dataset(cfg, "train")) + examples(test) == examples(load_dataset(cfg, "all"))
 
 
 def test_standardisation_folded_into_the_weights_matches_a_scaled_pipeline():
@@ -168,8 +173,6 @@ def test_baseline_features():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from conftest import TINY_DIGITS
-
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("svm") / "run"
     trainer = Trainer(with_train(load_config("digits", TINY_DIGITS), max_steps=2), run, log=lambda _: None)
@@ -187,7 +190,7 @@ def test_eval_svm_end_to_end(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["results"]}
-    cfg = load_config("digits", __import__("conftest").TINY_DIGITS)
+    cfg = load_config("digits", TINY_DIGITS)
     assert rows["ALI (paper features)"]["dim"] == feature_dim(cfg)
     assert rows["raw pixels"]["dim"] == 64 and rows["PCA (4 components)"]["dim"] == 4
     for row in rows.values():
@@ -227,3 +230,53 @@ def test_eval_svm_bad_inputs_are_one_line(tiny_run, tmp_path):
         check_shapes(np.zeros((2, 1, 28, 28), np.uint8), (1, 8, 8), "model.pt", "mnist")
     grid = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS[:-3], "--c-grid", "a,b"])
     assert grid.exit_code == 2 and "--c-grid" in grid.output
+
+
+def test_eval_svm_without_the_runtime_is_one_line(tiny_run, monkeypatch):
+    """eval svm opens its model as the RUN commands do (``open_model``): a missing runtime is one line, exit 2."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails as if not installed
+    result = CliRunner().invoke(main, ["eval", "svm", str(tiny_run / "checkpoint.pt"), "--backend", "onnx", *ARGS])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "needs the 'onnxruntime' package" in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_backend_option_offers_the_same_choices():
+    from alitool.backends import BACKEND_CHOICES
+
+    commands = {"eval svm": main.commands["eval"].commands["svm"],
+                **{name: main.commands[name] for name in ("encode", "reconstruct", "interpolate", "sample")}}
+    for name, command in commands.items():
+        option = next(p for p in command.params if p.name == "backend")
+        assert tuple(option.type.choices) == BACKEND_CHOICES, name
+    assert {"onnx", "trt", "onnxruntime", "tensorrt", "torch", "auto"} == set(BACKEND_CHOICES)
+
+
+def test_open_model_returns_the_backend_and_leaves_printing_to_the_command(tiny_run, capsys):
+    from alitool.backends.opening import describe_model, open_model
+
+    loaded = open_model(tiny_run / "checkpoint.pt", "torch", "cpu")
+    assert capsys.readouterr() == ("", "")  # the library prints nothing
+    assert describe_model(tiny_run / "checkpoint.pt", loaded) == \
+        f"model: {tiny_run / 'checkpoint.pt'} (torch, 8x8x1, latent 4)"
+    with pytest.raises(UserError, match="has no decoder"):
+        open_model(_encoder_only(tiny_run), need_decoder="sample")
+    result = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS[:-1], "--no-baselines"])
+    assert result.exit_code == 0 and f"model: {tiny_run} (" in result.output  # the command prints the one line
+
+
+def _encoder_only(run):
+    """An export folder that holds only the encoder (exported here if the ONNX test has not done it yet)."""
+    import shutil
+
+    from alitool.export.pipeline import ExportOptions, export_checkpoint
+
+    pytest.importorskip("onnxruntime")
+    export_checkpoint(run, ExportOptions(exporter="torchscript"), log=lambda _: None)
+    alone = run / "encoder-only"
+    alone.mkdir(exist_ok=True)
+    shutil.copy(run / "export" / "encoder.onnx", alone / "encoder.onnx")
+    return alone / "encoder.onnx"

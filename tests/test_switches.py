@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_DIGITS
+from helpers import TINY_DIGITS, small_train_set
 
 from alitool.backends.torch_backend import TorchBackend
 from alitool.config import load_config, with_train
@@ -174,15 +174,9 @@ def test_ema_follows_the_formula_and_differs_from_the_raw_weights():
     torch.testing.assert_close(game.sample(z), averages["decoder"](z))  # pictures come from the average
 
 
-def _small_train(cfg, n=48):
-    ds = load_dataset(cfg, "train")
-    ds.x, ds.y = ds.x[:n], ds.y[:n]
-    return ds
-
-
 def _run(cfg, run_dir, max_steps, resume=False):
     trainer = Trainer(with_train(cfg, max_steps=max_steps, epochs=100, batch_size=8), run_dir,
-                      train_data=_small_train(cfg), log=lambda msg: None)
+                      train_data=small_train_set(cfg, 48), log=lambda msg: None)
     trainer.resume() if resume else trainer.start_fresh()
     trainer.fit()
     return trainer
@@ -228,12 +222,12 @@ def test_export_raw_weights(tmp_path):
 
 
 def test_switch_values_and_games_without_them_are_refused():
-    with pytest.raises(UserError, match="train.loss 'wgan'"):
-        ALIGame(tiny("train.loss=wgan"), CPU)
+    with pytest.raises(UserError, match="config key 'train.loss' is 'wgan'"):
+        tiny("train.loss=wgan")
     with pytest.raises(UserError, match=r"train.ema 1.0"):
         ALIGame(tiny("train.ema=1.0"), CPU)
-    with pytest.raises(UserError, match="train.alice_norm"):
-        ALIGame(tiny("train.alice=1", "train.alice_norm=l3"), CPU)
+    with pytest.raises(UserError, match="config key 'train.alice_norm' is 'l3'"):
+        tiny("train.alice=1", "train.alice_norm=l3")
     mixture = ["model.latent_dim=2"]
     with pytest.raises(UserError, match="the gan game does not implement train.loss=hinge"):
         GANGame(load_config("mixture25", [*mixture, "train.loss=hinge"]), CPU)

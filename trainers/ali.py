@@ -33,14 +33,6 @@ from alitool.trainers.losses import alice_cycle_loss, loss_pair
 from alitool.trainers.speed import adam, autocast, compile_modules, prepare_input, prepare_module
 from alitool.trainers.switches import check_switches
 
-UPDATES = ("simultaneous", "alternating")
-
-
-def check_update(update: str) -> str:
-    if update not in UPDATES:
-        raise UserError(f"train.update {update!r}: expected one of {', '.join(UPDATES)}")
-    return update
-
 
 def _round_metrics(loss_d: Tensor, loss_g: Tensor, real: tuple[Tensor, ...], fake: tuple[Tensor, ...]):
     """What the loop logs; d_real / d_fake are D's probabilities from its total score (the sum of its terms)."""
@@ -108,7 +100,7 @@ class ALIGame:
             z = torch.randn(n, self.cfg.model.latent_dim, device=x.device)  # p(z) = N(0, I)
             z_hat = reparametrize(*self.encoder(x, y))  # z_hat ~ q(z | x)
             x_tilde = self.decoder(z, y)  # x_tilde ~ p(x | z)
-        if check_update(self.cfg.train.update) == "alternating":
+        if self.cfg.train.update == "alternating":  # or "simultaneous": the config admits nothing else
             return self._alternating_step(x, y, z, z_hat, x_tilde)
         real, fake = self._scores(x, y, z, z_hat, x_tilde)
         loss_d = sum(self.d_loss(r, f) for r, f in zip(real, fake, strict=True))

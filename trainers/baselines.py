@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from alitool.config import Config
 from alitool.models import ALI, Decoder, Encoder, LayerStack, data_shape, init_weights, reparametrize
-from alitool.trainers.ali import ALIGame, check_update
+from alitool.trainers.ali import ALIGame
 from alitool.trainers.losses import discriminator_loss
 from alitool.trainers.speed import adam
 from alitool.trainers.switches import refuse_switches
@@ -84,7 +84,7 @@ class GANGame:
     def step(self, x: Tensor) -> dict[str, Tensor]:
         z = torch.randn(x.shape[0], self.cfg.model.latent_dim, device=x.device)
         x_tilde = self.decoder(z)
-        if check_update(self.cfg.train.update) == "alternating":
+        if self.cfg.train.update == "alternating":  # or "simultaneous": the config admits nothing else
             real, fake = self.discriminator(x), self.discriminator(x_tilde.detach())
             loss_d = discriminator_loss(real, fake)
             self.opt_d.zero_grad(set_to_none=True)

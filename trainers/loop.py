@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alitool.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from alitool.atomic import atomic_write_bytes
+from alitool.checkpoint import load_checkpoint, save_checkpoint
 from alitool.config import Config, dump_yaml
+from alitool.contract.names import CHECKPOINT, LOSS_PLOT, METRICS, RECONSTRUCTIONS_DIR, RUN_CONFIG, SAMPLES_DIR
 from alitool.data import ArrayDataset, iterate_batches, load_dataset
 from alitool.errors import TrainingDiverged, UserError
-from alitool.runs import CHECKPOINT
 from alitool.trainers.distributed import DistInfo, average_scalars, device_for
 from alitool.trainers.speed import describe_precision
 from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
@@ -89,13 +90,10 @@ class Position:
     batch: int = 0
 
 
-LR_SCHEDULES = ("constant", "linear")
-
-
 def schedule_learning_rates(game, schedule: str, step: int, total: int) -> None:
-    """``linear``: every optimizer's learning rate falls from its initial value to 0 at the end of the run.
-    Computed from the step alone (the initial value rides in the optimizer state as ``initial_lr``), so a
-    resumed run continues the same schedule."""
+    """``train.lr_schedule``: ``constant`` leaves the learning rates alone; ``linear`` makes every optimizer's
+    learning rate fall from its initial value to 0 at the end of the run. Computed from the step alone (the
+    initial value rides in the optimizer state as ``initial_lr``), so a resumed run continues the same schedule."""
     if schedule != "linear":
         return
     for opt in game.optimizers().values():
@@ -187,7 +185,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.game.init_from_data(self.train_data.mean_image(self.cfg.data.bias_init_images))
         if self.dist.is_main:
-            atomic_write_bytes(self.run_dir / "config.yaml", lambda f: f.write(dump_yaml(self.cfg).encode()))
+            atomic_write_bytes(self.run_dir / RUN_CONFIG, lambda f: f.write(dump_yaml(self.cfg).encode()))
 
     def resume(self) -> None:
         payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
@@ -230,8 +228,10 @@ class Trainer:
         recon = self.game.reconstruct(self.fixed_x, **self.fixed_y["reconstruct"]).cpu()
         self.game.train(True)
         if samples.dim() == 4:  # images; vector data (2-D toy) draws its own figures
-            save_grid(self.run_dir / "samples" / f"epoch_{epoch_label}.png", samples)
-            save_reconstruction_grid(self.run_dir / "reconstructions" / f"epoch_{epoch_label}.png", self.fixed_x, recon)
+            # the pictures are drawn in NumPy (alitool.viz is shared with the torch-free running side)
+            save_grid(self.run_dir / SAMPLES_DIR / f"epoch_{epoch_label}.png", samples.numpy())
+            save_reconstruction_grid(self.run_dir / RECONSTRUCTIONS_DIR / f"epoch_{epoch_label}.png",
+                                     self.fixed_x.numpy(), recon.numpy())
         return float(((recon - self.fixed_x) ** 2).mean())
 
     def write_metrics(self) -> None:
@@ -242,8 +242,8 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.metrics)
-        atomic_write_bytes(self.run_dir / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
-        save_loss_plot(self.run_dir / "losses.png", self.metrics)
+        atomic_write_bytes(self.run_dir / METRICS, lambda f: f.write(buf.getvalue().encode()))
+        save_loss_plot(self.run_dir / LOSS_PLOT, self.metrics)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> Position:
@@ -254,8 +254,6 @@ class Trainer:
         if self.pos.step >= total:
             self.log(f"nothing to do: step {self.pos.step} already reached the target of {total} steps")
             return self.pos
-        if t.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"train.lr_schedule {t.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
         self.log(f"training {self.cfg.name} on {self.device}, {describe_precision(self.cfg, self.device)}: "
                  f"step {self.pos.step} -> {total}")
         self.game.train(True)

@@ -8,56 +8,30 @@
 A conditional model (paper section 4.4) takes its y [N, y_dim] as ``encode(images, kind, y=y)`` and
 ``decode(z, y=y)``; ``meta.y_kind`` and ``meta.y_names`` say what y means (alitool/conditional.py).
 Inputs and outputs are NumPy arrays so that callers never need torch for ONNX / TensorRT models.
+
+``open_model`` (``alitool.backends.opening``) is what the commands call: ``load_backend`` with one line for any
+file that is not a usable model. This module imports neither NumPy nor a runtime, so that the CLI can build its
+``--backend`` option from ``BACKEND_CHOICES`` and still start instantly.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
+from alitool.contract.names import ENGINE_SUFFIXES, EXPORT_DIR
 from alitool.errors import UserError
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from alitool.contract.meta import ModelMeta
+
 FEATURE_KINDS = ("mean", "z", "paper")
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    """Everything a user would otherwise retype: carried inside every exported artifact."""
-
-    name: str
-    image_size: int  # 0 for vector data (2-D toy experiment)
-    channels: int
-    latent_dim: int
-    feature_dim: int
-    value_range: tuple[float, float] = (0.0, 1.0)
-    config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
-    version: str = ""
-    source_sha256: str = ""
-    has_encoder: bool = True
-    has_decoder: bool = True
-    # Conditional ALI (section 4.4): y's width, "class" (one-hot) or "attributes" (0/1), and its entries' names.
-    y_dim: int = 0
-    y_kind: str = ""
-    y_names: tuple[str, ...] = ()
-    weights: str = ""  # "ema": the weight average of train.ema; "raw": raw weights of such a run; "": no average
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.channels, self.image_size, self.image_size) if self.image_size else (self.channels,)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @staticmethod
-    def from_json(text: str) -> ModelMeta:
-        values = json.loads(text)
-        values["value_range"] = tuple(values.get("value_range", (0.0, 1.0)))
-        values["y_names"] = tuple(values.get("y_names", ()))
-        return ModelMeta(**values)
+# --backend of every command that opens a model: each name and the runtime it means ("onnx" and "trt" are short).
+BACKEND_ALIASES = {"auto": "auto", "torch": "torch", "onnxruntime": "onnxruntime", "onnx": "onnxruntime",
+                   "tensorrt": "tensorrt", "trt": "tensorrt"}
+BACKEND_CHOICES = tuple(BACKEND_ALIASES)
 
 
 class Backend(Protocol):
@@ -76,6 +50,8 @@ def check_kind(kind: str) -> None:
 
 def check_condition(meta: ModelMeta, y: np.ndarray | None, n: int) -> np.ndarray | None:
     """``y`` as float32 [n, y_dim] for a conditional model (None for an unconditional one), or one clear line."""
+    import numpy as np
+
     if not meta.y_dim:
         if y is not None:
             raise UserError(f"model {meta.name!r} is not conditional: it takes no y (--class / --attrs)")
@@ -92,11 +68,12 @@ def check_condition(meta: ModelMeta, y: np.ndarray | None, n: int) -> np.ndarray
 
 def load_backend(path: str | Path, backend: str = "auto", device: str = "auto", threads: int = 0) -> Backend:
     """Open ``path`` (a run folder, checkpoint .pt, .onnx file or export folder, or TensorRT .engine) with the
-    matching backend, or with ``backend`` ("torch", "onnxruntime", "tensorrt") when given."""
+    matching backend, or with ``backend`` (one of ``BACKEND_CHOICES``) when given."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such model file or folder")
-    kind = backend if backend != "auto" else _guess_backend(path)
+    kind = BACKEND_ALIASES.get(backend, backend)
+    kind = kind if kind != "auto" else _guess_backend(path)
     if kind == "torch":
         from alitool.backends.torch_backend import TorchBackend
 
@@ -109,12 +86,12 @@ def load_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
         from alitool.backends.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend(path)
-    raise UserError(f"unknown backend {backend!r}; expected auto, torch, onnxruntime or tensorrt")
+    raise UserError(f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_CHOICES)}")
 
 
 def _guess_backend(path: Path) -> str:
     if path.is_dir():
-        if (path / "export").is_dir() and any((path / "export").glob("*.onnx")):
+        if (path / EXPORT_DIR).is_dir() and any((path / EXPORT_DIR).glob("*.onnx")):
             return "onnxruntime"
         if any(path.glob("*.onnx")):
             return "onnxruntime"
@@ -124,6 +101,6 @@ def _guess_backend(path: Path) -> str:
         return "torch"
     if suffix == ".onnx":
         return "onnxruntime"
-    if suffix in (".engine", ".plan", ".trt"):
+    if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     raise UserError(f"{path}: not a model file alitool knows (.pt checkpoint, .onnx, .engine, or a run folder)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from alitool.backends import BACKEND_CHOICES
 from alitool.commands import user_errors
 from alitool.errors import UserError
 
@@ -32,11 +33,6 @@ def _parse_grid(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _default_out(model: Path, name: str) -> Path:
-    folder = model if model.is_dir() else model.parent
-    return folder / "eval" / name
-
-
 @eval_group.command()
 @click.argument("run", required=False, default=None)
 @click.option("--dataset", default=None, help="Config name or YAML whose data section is evaluated on "
@@ -53,8 +49,8 @@ def _default_out(model: Path, name: str) -> Path:
 @click.option("--c-grid", default=",".join(f"{c:g}" for c in (1e-4, 1e-3, 1e-2, 1e-1, 1, 10)), show_default=True,
               help="Values of C tried on the validation split.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and labelled sets.")
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
-              show_default=True, help="Inference runtime; auto picks it from the model file.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Inference runtime; auto picks it from the model file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda ...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON report (default: <run>/eval/svm_<dataset>_<features>.json).")
@@ -74,17 +70,18 @@ def svm(run, dataset, data_dir, labels, repeats, val_size, features, baselines, 
       alitool eval svm runs/digits --labels 100 --val-size 400 --repeats 20
       alitool eval svm runs/svhn --data-dir ~/data/svhn        # table 1 (paper: 19.14 +- 0.50 %)
     """
-    from alitool.backends import load_backend
-    from alitool.evaluation.reports import svm_report, write_json
+    from alitool.backends.opening import describe_model, open_model
+    from alitool.evaluation.reports import default_report_path, svm_report, write_json
     from alitool.runs import newest_run
 
     model = Path(run) if run else newest_run()
-    loaded = load_backend(model, backend=backend, device=device)
+    loaded = open_model(model, backend, device)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    log(describe_model(model, loaded))
     report = svm_report(model, loaded, dataset=dataset, data_dir=data_dir, labels=labels, repeats=repeats,
                         val_size=val_size, features=features, baselines=baselines, seed=seed,
                         c_grid=_parse_grid(c_grid), log=log)
-    path = out or _default_out(model, f"svm_{report['dataset']}_{features}.json")
+    path = out or default_report_path(model, f"svm_{report['dataset']}_{features}.json")
     write_json(path, report)
     click.echo(report["table"])
     click.echo(f"report: {path}")
@@ -110,12 +107,12 @@ def classify(run, dataset, data_dir, z, device, out) -> None:
       alitool train fashion_mnist --set train.semi_supervised.labels=1000
       alitool eval classify runs/fashion-mnist-2
     """
-    from alitool.evaluation.reports import classify_report, write_json
+    from alitool.evaluation.reports import classify_report, default_report_path, write_json
     from alitool.runs import newest_run
 
     model = Path(run) if run else newest_run()
     report = classify_report(model, dataset=dataset, data_dir=data_dir, z=z, device=device)
-    path = out or _default_out(model, f"classify_{report['dataset']}.json")
+    path = out or default_report_path(model, f"classify_{report['dataset']}.json")
     write_json(path, report)
     click.echo(f"K+1 discriminator as a classifier on {report['dataset']} test ({report['test_size']:,} images, "
                f"z = {z}): {100 * report['test_error']:.2f}% error  ({report['labels']} labels, step {report['step']})")

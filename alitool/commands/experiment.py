@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from alitool.commands import user_errors
+from alitool.contract.names import RUNS_ROOT
 
 ALL_MODELS = "ali,gan,gan-inverse,gan-posthoc,vae"  # alitool.experiments.mixture_runs.MODELS (no torch import)
 
@@ -25,7 +26,8 @@ def experiment() -> None:
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Seeds 0..N-1 per model.")
 @click.option("--models", default=ALL_MODELS, show_default=True, help="Comma-separated models to train and compare.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/mixture-experiment"), show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=Path(RUNS_ROOT) / "mixture-experiment",
+              show_default=True,
               help="Folder for the run folders, table.md, results.json and figure8.png. Finished runs are reused.")
 @click.option("--steps", type=click.IntRange(0), default=0,
               help="Training steps per run (default: the config's epochs; small values for a smoke test).")
@@ -53,28 +55,18 @@ def mixture(runs, models, out, steps, jobs, paper_protocol, config, overrides) -
       alitool experiment mixture --paper-protocol --out runs/mixture-paper
       alitool experiment mixture --models ali --runs 2 --set train.update=simultaneous --out runs/ablation
     """
-    import json
-
-    from alitool.checkpoint import atomic_write_bytes
-    from alitool.experiments.mixture import draw, load_run_networks, save_figure, summary_table
-    from alitool.experiments.mixture_runs import Experiment, parse_models
+    from alitool.experiments.mixture_runs import FIGURE, RESULTS, TABLE, Experiment, parse_models
 
     wanted = parse_models(models)
     exp = Experiment(out, wanted, runs, steps, jobs, paper_protocol, config, tuple(overrides),
                      log=lambda msg: click.echo(msg, err=True))
-    click.echo(f"training {len(wanted)} model(s) x {runs} seed(s) into {out}/runs ({jobs} at a time)...", err=True)
-    results = exp.run()
+    click.echo(f"training {len(wanted)} model(s) x {runs} seed(s) into {out / RUNS_ROOT} ({jobs} at a time)...",
+               err=True)
+    exp.run()
 
     command = f"alitool experiment mixture --runs {runs} --models {','.join(wanted)} --out {out} --jobs {jobs}"
     command += (f" --steps {steps}" if steps else "") + (" --paper-protocol" if paper_protocol else "")
     command += f" --config {config}" if config else ""
     command += "".join(f" --set {o}" for o in overrides)
-    table = summary_table(results)
-    text = f"Command: `{command}`\n\n{table}"
-    atomic_write_bytes(out / "table.md", lambda f: f.write(text.encode()))
-    atomic_write_bytes(out / "results.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
-    draws = {m: draw(load_run_networks(exp.spec(m, 0).run_dir / "checkpoint.pt")) for m in wanted}
-    protocol = "the paper's random search, " if paper_protocol else ""
-    save_figure(out / "figure8.png", draws, title=f"seed 0 of each model ({protocol}config {exp.config_name})")
-    click.echo(table)
-    click.echo(f"table: {out / 'table.md'}\nfigure: {out / 'figure8.png'}\nper-run results: {out / 'results.json'}")
+    click.echo(exp.write_report(command))
+    click.echo(f"table: {out / TABLE}\nfigure: {out / FIGURE}\nper-run results: {out / RESULTS}")

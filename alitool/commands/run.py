@@ -2,7 +2,8 @@
 
 Every command takes the same ``--model`` (a run folder, checkpoint.pt, an .onnx file or export folder, or a
 TensorRT .engine; default: the newest export under runs/, else the newest checkpoint) and prepares inputs
-from the model's own metadata, as in training. Library code: ``alitool.pipeline`` and ``alitool.io``.
+from the model's own metadata, as in training. Library code: ``alitool.backends.opening`` (opening a model),
+``alitool.runs`` (the default model), ``alitool.encoding`` and ``alitool.io``.
 
 A conditional model (paper section 4.4) takes y from ``--class`` / ``--attrs`` (one y for every input), or, with
 ``--dataset SPLIT``, from the labels of its own dataset; ``sample --grid`` draws the paper's figure 7
@@ -19,11 +20,10 @@ from pathlib import Path
 
 import click
 
+from alitool.backends import BACKEND_CHOICES
 from alitool.commands import user_errors
 from alitool.errors import UserError
 
-BACKENDS = {"auto": "auto", "torch": "torch", "onnxruntime": "onnxruntime", "onnx": "onnxruntime",
-            "tensorrt": "tensorrt", "trt": "tensorrt"}
 DEFAULT_WORKERS = min(8, os.cpu_count() or 2)
 
 
@@ -31,7 +31,7 @@ def model_options(fn):
     """--model, --backend, --device: the same on every RUN command."""
     fn = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA when present), cpu, cuda, cuda:1 ...")(fn)
-    fn = click.option("--backend", type=click.Choice(list(BACKENDS)), default="auto", show_default=True,
+    fn = click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
                       help="Inference runtime; auto picks it from the model file.")(fn)
     fn = click.option("--model", default=None, metavar="PATH",
                       help="Run folder, checkpoint .pt, .onnx file or export folder, or TensorRT .engine "
@@ -85,46 +85,14 @@ def input_options(fn):
     return fn
 
 
-def default_model(root: Path | None = None) -> Path:
-    """The newest export (runs/*/export/encoder.onnx, when ONNX Runtime is installed), else the newest run
-    with a checkpoint."""
-    from alitool.runs import DEFAULT_ROOT, newest_run
+def _open_model(model: str | None, backend: str = "auto", device: str = "auto", need_decoder: str = ""):
+    """--model (or the default model) opened by the library, and its one "model: ..." line on stderr."""
+    from alitool.backends.opening import describe_model, open_model
+    from alitool.runs import resolve_model
 
-    root = DEFAULT_ROOT if root is None else root
-    exports = list(root.glob("*/export/encoder.onnx")) if root.is_dir() else []
-    if exports:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            exports = []
-    if exports:
-        return max(exports, key=lambda p: p.stat().st_mtime).parent
-    return newest_run(root)
-
-
-def open_model(model: str | None, backend: str = "auto", device: str = "auto", need_decoder: str = ""):
-    """Load ``model`` (or the default one) with one clear line for any file that is not a usable model."""
-    from alitool.backends import load_backend
-    from alitool.io.pictures import require_decoder
-
-    path = Path(model) if model else default_model()
-    try:
-        loaded = load_backend(path, backend=BACKENDS[backend], device=device)
-    except UserError:
-        raise
-    except ImportError as err:
-        raise UserError(f"{path}: the {backend} backend needs the '{err.name}' package, which is not installed "
-                        "(see alitool doctor)") from None
-    except Exception as err:  # noqa: BLE001 - whatever a runtime says about a bad file, say it in one line
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"{path}: not a usable model ({type(err).__name__}: {reason})") from None
-    if need_decoder:
-        require_decoder(loaded, path, need_decoder)
-    meta = loaded.meta
-    y = f", conditional on {meta.y_dim} {'classes' if meta.y_kind == 'class' else 'attributes'}" if meta.y_dim else ""
-    average = ", weight average (train.ema)" if meta.weights == "ema" else ""
-    click.echo(f"model: {path} ({loaded.name}, {meta.image_size}x{meta.image_size}x{meta.channels}, latent "
-               f"{meta.latent_dim}{y}{average})", err=True)
+    path = resolve_model(model)
+    loaded = open_model(path, backend, device, need_decoder)
+    click.echo(describe_model(path, loaded), err=True)
     return loaded
 
 
@@ -190,8 +158,8 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @click.option("--max-megapixels", type=float, default=64.0, show_default=True,
               help="Skip images larger than this (checked from the header, before decoding).")
 @click.option("--full-jpeg-decode", is_flag=True,
-              help="Decode large JPEGs at full size before resizing, exactly as the training datasets do (slower; "
-                   "by default libjpeg decodes them at 1/2-1/8 scale when that leaves 2x the model's size).")
+              help="Decode large JPEGs at full size before resizing (slower). By default, as in training and INT8 "
+                   "calibration, libjpeg decodes them at 1/2-1/8 scale when that still leaves 2x the model's size.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @user_errors
@@ -210,10 +178,11 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
       alitool encode --dataset test --out feats.npy --model runs/digits-cond   # conditional: labels as y
       alitool encode photos/ --attrs Male,Smiling --out feats.npy --model runs/celeba
     """
-    from alitool.pipeline import encode_to_npy, index_path_for
+    from alitool.encoding.encode import encode_to_npy
+    from alitool.encoding.feature_files import index_path_for
 
     _sources_or_dataset(sources, dataset_split)
-    loaded = open_model(model, backend, device)
+    loaded = _open_model(model, backend, device)
     _seed(seed, loaded)
     if dataset_split:
         from alitool.conditional_run import encode_dataset_to_npy, fixed_condition
@@ -261,7 +230,7 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
 
     _sources_or_dataset(sources, dataset_split)
     kind = check_picture_path(out, allow_video=not dataset_split)
-    loaded = open_model(model, backend, device, need_decoder="reconstruct")
+    loaded = _open_model(model, backend, device, need_decoder="reconstruct")
     if dataset_split:
         from alitool.conditional_run import dataset_reconstruction_grid, fixed_condition
 
@@ -302,7 +271,7 @@ def interpolate(endpoints, out, model, backend, device, steps, class_, attrs) ->
     from alitool.io.pictures import check_picture_path, interpolation_grid
 
     check_picture_path(out)
-    loaded = conditioned(open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
+    loaded = conditioned(_open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
                          "interpolate")
     rows = interpolation_grid(loaded, list(endpoints), out, steps=steps)
     click.echo(f"{rows} interpolation row{'s' if rows != 1 else ''} of {steps + 2} images; wrote {out}")
@@ -340,7 +309,7 @@ def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> N
     from alitool.io.pictures import check_picture_path, sample_grid
 
     check_picture_path(out)
-    loaded = open_model(model, backend, device, need_decoder="sample")
+    loaded = _open_model(model, backend, device, need_decoder="sample")
     condition = condition_of(loaded.meta)
     if grid is None and condition is not None and condition.kind == "class" and class_ is None and attrs is None:
         grid = "all"  # nothing picked: show every class

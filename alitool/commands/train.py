@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from alitool.commands import user_errors
-from alitool.errors import UserError
+from alitool.contract.names import LOSS_PLOT, METRICS, RECONSTRUCTIONS_DIR, SAMPLES_DIR
+from alitool.runs import NEWEST
 
 
 @click.command()
@@ -21,7 +22,7 @@ from alitool.errors import UserError
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (smoke tests).")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed).")
-@click.option("--resume", "resume", is_flag=False, flag_value="__newest__", default=None, metavar="[RUN]",
+@click.option("--resume", "resume", is_flag=False, flag_value=NEWEST, default=None, metavar="[RUN]",
               help="Continue a run from its last checkpoint (default: the newest run of DATASET).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.lr=2e-4 --set model.latent_dim=32.")
@@ -48,30 +49,15 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
       alitool train celeba --conditional            # conditional ALI on the 40 attributes (section 4.4)
       torchrun --nproc-per-node 4 -m alitool.cli train svhn --out runs/svhn-ddp   # or torchrun directly
     """
-    from alitool.config import load_config, with_train
     from alitool.runs import DEFAULT_ROOT, new_run_dir
     from alitool.trainers import distributed
+    from alitool.trainers.resume import run_config
 
     flags = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "device": device, "seed": seed}
     flags = {k: v for k, v in flags.items() if v is not None}
     if conditional:
         overrides = (*overrides, "model.conditional=true")
-    if resume is not None:
-        from alitool.checkpoint import load_checkpoint
-        from alitool.config import apply_overrides, from_dict, to_dict
-
-        run_dir = _resume_dir(resume, dataset, out, DEFAULT_ROOT)
-        cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-        was_conditional = cfg.model.conditional
-        cfg = with_train(from_dict(apply_overrides(to_dict(cfg), list(overrides))), **flags)
-        if cfg.model.conditional != was_conditional:
-            raise UserError(f"{run_dir}: a resumed run keeps its networks; it was trained "
-                            f"{'with' if was_conditional else 'without'} model.conditional")
-    else:
-        cfg = with_train(load_config(dataset, overrides), **flags)
-        if out is not None and (out / "checkpoint.pt").exists():
-            raise UserError(f"{out} already holds a run; use --resume {out} to continue it, or another --out")
-        run_dir = None
+    cfg, run_dir = run_config(dataset, overrides, flags, resume=resume, out=out, root=DEFAULT_ROOT)
     if cfg.model.conditional:
         from alitool.conditional import check_conditional_dataset
 
@@ -115,10 +101,10 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     if not dist.is_main:
         return
     click.echo(f"done at step {pos.step}. checkpoint: {trainer.checkpoint_path}")
-    last = sorted((run_dir / "samples").glob("*.png"))
+    last = sorted((run_dir / SAMPLES_DIR).glob("*.png"))
     if last:
-        click.echo(f"samples: {last[-1]}\nreconstructions: {run_dir / 'reconstructions' / last[-1].name}")
-    click.echo(f"metrics: {run_dir / 'metrics.csv'}, loss plot: {run_dir / 'losses.png'}")
+        click.echo(f"samples: {last[-1]}\nreconstructions: {run_dir / RECONSTRUCTIONS_DIR / last[-1].name}")
+    click.echo(f"metrics: {run_dir / METRICS}, loss plot: {run_dir / LOSS_PLOT}")
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -139,17 +125,3 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             kept.append(arg)
     return kept
-
-
-def _resume_dir(resume: str, dataset: str, out: Path | None, root: Path) -> Path:
-    if resume != "__newest__":
-        return Path(resume)
-    if out is not None:
-        return out
-    from alitool.config import load_config
-
-    name = load_config(dataset).name
-    runs = [p for p in root.glob(f"{name}*/checkpoint.pt")] if root.is_dir() else []
-    if not runs:
-        raise UserError(f"no {name} run with a checkpoint under {root}/ to resume")
-    return max(runs, key=lambda p: p.stat().st_mtime).parent

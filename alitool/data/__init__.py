@@ -58,11 +58,6 @@ def register(name: str) -> Callable[[Loader], Loader]:
     return wrap
 
 
-def dataset_names() -> list[str]:
-    _import_loaders()
-    return sorted(_LOADERS)
-
-
 def load_dataset(cfg: Config, split: str = "train", data_dir: str = "") -> ArrayDataset:
     """Load ``split`` of the dataset ``cfg.data.name`` from ``data_dir`` (or the dataset's default place)."""
     _import_loaders()
@@ -89,6 +84,6 @@ def iterate_batches(n: int, batch_size: int, seed: int, epoch: int, start: int =
 def _import_loaders() -> None:
     # Loader modules register themselves on import; importing here keeps `import alitool.data` light.
     from alitool.data import digits, mixture  # noqa: F401
-    # The official-format datasets (issue 3); a loop so that one-line imports added above stay sorted.
+    # The official-format datasets; a loop so that one-line imports added above stay sorted.
     for module in ("celeba", "cifar10", "folder", "mnist", "svhn", "tinyimagenet"):
         __import__(f"alitool.data.{module}")
