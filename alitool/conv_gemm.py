@@ -1,4 +1,4 @@
-"""Small-map convolutions as one matrix product each (im2col + GEMM), for bf16 on the CPU (issue 9).
+"""Small-map convolutions as one matrix product each (im2col + GEMM), for bf16 on the CPU.
 
 oneDNN's bf16 convolution kernels block over the output's width, and a map of 4x4 or 5x5 leaves them mostly idle.
 Forward + backward, batch 200, bf16, 2-core AMX CPU, one run of ``python benchmarks/conv_shapes.py``

@@ -1,4 +1,4 @@
-"""How well trained digits runs reconstruct and sample, for comparing runs that differ in one setting (issue 9:
+"""How well trained digits runs reconstruct and sample, for comparing runs that differ in one setting (e.g.
 bf16 + channels_last against fp32, same seeds).
 
 For each run folder (an `alitool train digits ...` run), on the held-out digits test split (359 images):
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from alitool.backends.torch_backend import load_networks
 from alitool.data import load_dataset
+from alitool.trained_networks import load_networks
 
 
 def last_epochs_losses(run: Path, epochs: int = 10) -> tuple[float, float]:

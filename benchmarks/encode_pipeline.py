@@ -1,4 +1,4 @@
-"""Benchmark: `alitool encode` end to end against the backend alone, measured in one run (issue 5).
+"""Benchmark: `alitool encode` end to end against the backend alone, measured in one run.
 
 Inputs (generated once under --workdir and reused; they sit in the page cache when measured):
 - small: 20,000 32x32 PNGs (SVHN-sized);
@@ -12,7 +12,8 @@ Three rates per case, in images per second:
   before and after each end-to-end run, and averaged, so that both see the same load from other jobs);
 - decode only: the pipeline (walk, read, decode, resize, batch) with no model, with W worker threads;
 - end to end: ``encode_to_npy`` (sources -> .npy + index CSV), with W worker threads.
-Target (issue 5): small PNGs end to end >= 80% of backend only with the INT8 backend.
+Target: small PNGs end to end at >= 80% of backend only with the INT8 backend (the pipeline should hide
+file decoding behind the fastest model).
 
     python benchmarks/encode_pipeline.py                 # full sizes, a few minutes on 2 cores
     python benchmarks/encode_pipeline.py --quick         # 2,000 / 100 / 200 inputs, a smoke run
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from alitool.errors import first_line
 
 
 def loadavg() -> str:
@@ -98,10 +101,10 @@ def make_models(workdir: Path, calib_folder: Path) -> tuple[dict[str, Path], lis
     """{label: model path} for torch, and ONNX fp32 / INT8 when the export package can make them."""
     import torch
 
-    from alitool.backends.torch_backend import meta_from_config
     from alitool.checkpoint import save_checkpoint
     from alitool.config import load_config
     from alitool.models import ALI
+    from alitool.trained_networks import meta_from_config
 
     notes = []
     folder = workdir / "svhn_model"
@@ -120,11 +123,11 @@ def make_models(workdir: Path, calib_folder: Path) -> tuple[dict[str, Path], lis
             export_networks(ali.encoder, ali.decoder, meta_from_config(cfg), export_dir, log=lambda m: None)
         models["onnxruntime fp32"] = export_dir / "encoder.onnx"
     except Exception as err:  # noqa: BLE001 - a benchmark reports what it could not measure
-        notes.append(f"ONNX fp32 not measured: {type(err).__name__}: {str(err)[:120]}")
+        notes.append(f"ONNX fp32 not measured: {type(err).__name__}: {first_line(err)}")
         return models, notes
     try:
+        from alitool.contract.preprocess import Preprocess, load_image
         from alitool.export.quantize import ImageSet, quantize_encoder
-        from alitool.io.images import Preprocess, load_image
 
         if not (export_dir / "encoder.int8.onnx").exists():
             files = sorted(calib_folder.rglob("*.png"))[:256]
@@ -134,7 +137,7 @@ def make_models(workdir: Path, calib_folder: Path) -> tuple[dict[str, Path], lis
                              ImageSet(calib, f"{len(files)} benchmark PNGs"))
         models["onnxruntime int8"] = export_dir / "encoder.int8.onnx"
     except Exception as err:  # noqa: BLE001
-        notes.append(f"ONNX INT8 not measured: {type(err).__name__}: {str(err)[:120]}")
+        notes.append(f"ONNX INT8 not measured: {type(err).__name__}: {first_line(err)}")
     return models, notes
 
 
@@ -156,9 +159,10 @@ def backend_only(backend, batch_size: int, seconds: float) -> tuple[float, float
 
 def decode_only(source: Path, batch_size: int, workers: int) -> tuple[float, float]:
     """(images per second, CPU milliseconds per image) of the pipeline without a model."""
-    from alitool.io.images import Preprocess
+    from alitool.contract.preprocess import Preprocess
+    from alitool.encoding.batching import batches
+    from alitool.encoding.decoding import decode_stream
     from alitool.io.sources import expand_sources
-    from alitool.pipeline import batches, decode_stream
 
     pre = Preprocess(32, 3)
     start, cpu, rows = time.perf_counter(), time.process_time(), 0
@@ -168,7 +172,7 @@ def decode_only(source: Path, batch_size: int, workers: int) -> tuple[float, flo
 
 
 def end_to_end(backend, source: Path, out: Path, batch_size: int, workers: int) -> float:
-    from alitool.pipeline import encode_to_npy
+    from alitool.encoding.encode import encode_to_npy
 
     report = encode_to_npy(backend, [str(source)], out, batch_size=batch_size, workers=workers, progress=False)
     if report.skipped:
@@ -200,7 +204,7 @@ def main() -> None:
     from alitool.backends import load_backend
 
     backends = {label: load_backend(path, device="cpu") for label, path in models.items()}
-    # The issue's target backend is INT8; without it, the fastest one.
+    # The target is stated for the INT8 backend; without it, the fastest one.
     fastest = "onnxruntime int8" if "onnxruntime int8" in backends else max(
         backends, key=lambda label: backend_only(backends[label], args.batch_size, 1.0)[0])
     out = args.workdir / "feats.npy"

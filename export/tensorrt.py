@@ -21,16 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from alitool import __version__
-from alitool.backends.tensorrt_backend import (
-    TensorRTUnavailable,
-    cuda_gpu,
-    import_tensorrt,
-    sidecar_path,
-    trt_major,
-)
-from alitool.checkpoint import atomic_write_bytes, file_sha256
+from alitool.atomic import atomic_write_bytes
+from alitool.checkpoint import file_sha256
+from alitool.contract.engines import sidecar_path
 from alitool.errors import UserError
 from alitool.export.onnx import read_meta
+from alitool.tensorrt_support import TensorRTUnavailable, cuda_gpu, import_tensorrt, trt_major
 
 PRECISIONS = ("fp32", "fp16", "int8")
 WORKSPACE_BYTES = 2 << 30

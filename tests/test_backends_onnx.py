@@ -8,14 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from test_export_onnx import TINY_CONV, trained_like
+from helpers import TINY_CONV, trained_like
 
 from alitool.backends import load_backend
 from alitool.backends.onnx_backend import OnnxBackend, pick_providers, resolve_onnx_files
-from alitool.backends.torch_backend import meta_from_config
 from alitool.config import load_config
 from alitool.errors import UserError
 from alitool.export.onnx import export_networks
+from alitool.trained_networks import meta_from_config
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 

@@ -3,7 +3,7 @@
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,40 +54,69 @@ def test_no_temp_files_are_left_behind(tmp_path, tiny_cfg):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
 
 
+# The training child SIGKILLs itself at a known point of its third checkpoint write (step 3; one checkpoint per
+# step), so every run lands in the write window it names instead of wherever a timer happens to fall.
 KILL_SCRIPT = """
-import sys, torch
+import io, os, signal, sys, torch
+sys.path.insert(0, {tests!r})
+from helpers import TINY_DIGITS
 from alitool.config import load_config, with_train
 from alitool.trainers.loop import Trainer
-sys.path.insert(0, {tests!r})
-from conftest import TINY_DIGITS
+
+MOMENT, KILL_AT = {moment!r}, 3
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+real_save, real_replace = torch.save, os.replace
+
+def save(obj, f, *args, **kwargs):
+    if MOMENT == "mid-write" and isinstance(obj, dict) and obj.get("step") == KILL_AT:
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])  # half of the archive is on disk
+        f.flush()
+        os.fsync(f.fileno())
+        die()
+    return real_save(obj, f, *args, **kwargs)
+
+replaced = 0
+
+def replace(src, dst, *args, **kwargs):
+    global replaced
+    if os.path.basename(dst) != "checkpoint.pt":
+        return real_replace(src, dst, *args, **kwargs)
+    replaced += 1
+    if replaced == KILL_AT and MOMENT == "before-rename":  # the new file is complete, not yet in place
+        die()
+    real_replace(src, dst, *args, **kwargs)
+    if replaced == KILL_AT and MOMENT == "after-rename":
+        die()
+
+torch.save, os.replace = save, replace
 torch.set_num_threads(1)
-cfg = with_train(load_config("digits", TINY_DIGITS), checkpoint_every_steps=1, max_steps=100000, epochs=100000)
-t = Trainer(cfg, {run!r})
+cfg = with_train(load_config("digits", TINY_DIGITS), checkpoint_every_steps=1, max_steps=KILL_AT + 3, epochs=100)
+t = Trainer(cfg, {run!r}, log=lambda _: None)
 t.start_fresh()
 t.fit()
 """
 
 
-def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
-    """Checkpoints every step while the process is SIGKILLed at several moments: each time, the file loads."""
+@pytest.mark.slow
+@pytest.mark.parametrize(("moment", "saved_step"), [("mid-write", 2), ("before-rename", 2), ("after-rename", 3)])
+def test_kill_9_inside_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, moment, saved_step):
+    """SIGKILL half-way through writing step 3's checkpoint, after writing it and before moving it into place, and
+    right after: checkpoint.pt is always a whole checkpoint (step 2's, or step 3's once moved) and training resumes."""
     run = tmp_path / "run"
-    script = KILL_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), run=str(run))
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoint.pt").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
-            time.sleep(0.05)
-        time.sleep(0.37)  # land somewhere inside a step or a write
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), run=str(run), moment=moment)
+    proc = subprocess.run([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]  # it died where the hook says, not earlier
     payload = load_checkpoint(run / "checkpoint.pt")
-    assert payload["step"] >= 1
+    assert payload["step"] == saved_step
     from alitool.config import with_train
     from alitool.trainers.loop import Trainer
 
-    trainer = Trainer(with_train(payload["config"], max_steps=payload["step"] + 2), run)
+    trainer = Trainer(with_train(payload["config"], max_steps=payload["step"] + 2), run, log=lambda _: None)
     trainer.resume()
     assert trainer.pos.step == payload["step"]
     trainer.fit()

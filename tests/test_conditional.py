@@ -10,13 +10,10 @@ import onnx
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
-from conftest import TINY_DIGITS
-from test_data_formats import ATTRS, write_celeba
+from helpers import ATTRS, TINY_DIGITS, invoke_cli, save_tiny_model, write_celeba
 
 from alitool.backends import load_backend
 from alitool.checkpoint import load_checkpoint
-from alitool.cli import main
 from alitool.conditional import Condition, condition_of
 from alitool.config import load_config, to_dict, with_train
 from alitool.data import ArrayDataset, load_dataset
@@ -34,8 +31,7 @@ TINY_MLP = [  # the 2-D experiment's table shapes (section 4.5), with the encode
 CELL, PAD = 32, 2  # viz.make_grid: 8x8 images enlarged to 32x32 cells, 2-pixel borders
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+run = invoke_cli
 
 
 def one_line_error(result) -> str:
@@ -182,8 +178,6 @@ def test_sample_class_and_attrs(class_run, attr_run, tmp_path):
 
 
 def test_y_options_on_an_unconditional_model_are_one_line(tmp_path):
-    from test_encode import save_tiny_model
-
     plain = save_tiny_model(tmp_path / "plain.pt")
     for option in (["--class", "3"], ["--attrs", "Male"], ["--grid", "all"]):
         line = one_line_error(run("sample", "--model", plain, *option, "--out", tmp_path / "s.png"))

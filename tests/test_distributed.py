@@ -1,32 +1,28 @@
 """DistributedDataParallel on CPU (gloo): a real 2-process run through the CLI, then resumed in 1 process."""
 
-import os
-import subprocess
-import sys
-
+import pytest
 import torch
 import yaml
+from helpers import alitool_subprocess
 
 from alitool.checkpoint import load_checkpoint
 from alitool.config import load_config, to_dict
 
 
+@pytest.mark.slow
 def test_two_process_run_resumes_in_one_process_and_has_no_ddp_prefixes(tmp_path, tiny_cfg):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(to_dict(tiny_cfg)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    two = subprocess.run([sys.executable, "-m", "alitool.cli", "train", str(config), "--nproc", "2",
-                          "--max-steps", "4", "--out", str(run)], capture_output=True, text=True, env=env,
-                         timeout=600, cwd=tmp_path)
+    two = alitool_subprocess("train", config, "--nproc", "2", "--max-steps", "4", "--out", run, cwd=tmp_path,
+                             timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 processes" in two.stderr
     payload = load_checkpoint(run / "checkpoint.pt")
     assert payload["step"] == 4
     for state in payload["models"].values():
         assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
-    one = subprocess.run([sys.executable, "-m", "alitool.cli", "train", "--resume", str(run), "--max-steps", "6"],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    one = alitool_subprocess("train", "--resume", run, "--max-steps", "6", cwd=tmp_path, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "resumed" in one.stderr and "at step 4" in one.stderr
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 6

@@ -4,27 +4,23 @@ interface over checkpoint and ONNX files, and the CLI. Real tiny models and real
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import TINY_DIGITS
+from helpers import TINY_CONV, alitool_subprocess, make_run, trained_like
 
-from alitool.backends import ModelMeta, load_backend
-from alitool.backends.torch_backend import meta_from_config
-from alitool.checkpoint import save_checkpoint
+from alitool.backends import load_backend
 from alitool.config import load_config
+from alitool.contract.meta import ModelMeta
 from alitool.errors import UserError
 from alitool.export.onnx import EXPORT_BATCH, export_networks, read_meta
-from alitool.models import ALI, data_shape, feature_dim
+from alitool.models import data_shape, feature_dim
+from alitool.trained_networks import meta_from_config
 
-TINY_CONV = TINY_DIGITS  # the shared tiny digits-shaped model (tests/conftest.py)
 # RGB 16x16 with strided convs, encoder dropout and a maxout row (reshape with a dynamic batch), deterministic
 # encoder (BiGAN-style: z_mean only).
 TINY_RGB_MAXOUT = [
@@ -47,29 +43,6 @@ TINY_MLP = [
     "model.disc_xz=[[linear,0,0,16,false,0.0,lrelu],[linear,0,0,1,false,0.0,linear]]",
 ]
 CONFIGS = {"conv": TINY_CONV, "rgb_maxout": TINY_RGB_MAXOUT, "mlp": TINY_MLP}
-
-
-def trained_like(cfg) -> ALI:
-    """A model with non-trivial batch-norm statistics and weights (random init gives near-zero activations)."""
-    torch.manual_seed(0)
-    model = ALI(cfg)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, 0.0, 0.3)
-    model.train()
-    with torch.no_grad():  # populate running statistics with a few batches
-        for _ in range(3):
-            model.encoder(torch.rand(16, *data_shape(cfg)))
-            model.decoder(torch.randn(16, cfg.model.latent_dim))
-    return model.eval()
-
-
-def make_run(tmp_path: Path, overrides=TINY_CONV) -> tuple[Path, ALI]:
-    cfg = load_config("digits", overrides)
-    model = trained_like(cfg)
-    run = tmp_path / "runs" / "tiny"
-    save_checkpoint(run / "checkpoint.pt", cfg=cfg, models={"encoder": model.encoder, "decoder": model.decoder,
-                                                             "discriminator": model.discriminator})
-    return run, model
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -232,21 +205,20 @@ def test_onnx_model_checks_and_is_self_describing(tmp_path):
             assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+@pytest.mark.slow
 def test_cli_export_newest_run(tmp_path):
     run, _ = make_run(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "alitool.cli", "export", "--exporter", "torchscript"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = alitool_subprocess("export", "--exporter", "torchscript", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "parity encoder: max |ONNX Runtime - PyTorch|" in result.stdout
     assert (run / "export" / "encoder.onnx").is_file() and (run / "export" / "decoder.onnx").is_file()
     # a second export reuses the files: same checkpoint hash
-    again = subprocess.run([sys.executable, "-m", "alitool.cli", "export", str(run)], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
+    again = alitool_subprocess("export", run, cwd=tmp_path)
     assert again.returncode == 0 and "reusing them" in again.stdout
 
 
+@pytest.mark.slow
 def test_cli_export_without_runs_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "alitool.cli", "export"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = alitool_subprocess("export", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "train one first" in result.stderr

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from test_export_onnx import TINY_CONV, make_run
+from helpers import TINY_CONV, alitool_subprocess, make_run
 
 from alitool.backends import load_backend
-from alitool.backends.tensorrt_backend import (
-    TensorRTUnavailable,
-    check_engine_compatible,
-    cuda_gpu,
-    read_sidecar,
-    resolve_engines,
-)
+from alitool.backends.tensorrt_backend import check_engine_compatible, resolve_engines
+from alitool.contract.engines import read_sidecar
 from alitool.errors import UserError
 from alitool.export.pipeline import ExportOptions, export_checkpoint
 from alitool.export.quantize import z_mean_fidelity
+from alitool.tensorrt_support import TensorRTUnavailable, cuda_gpu
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA = torch.cuda.is_available()
@@ -32,10 +26,10 @@ needs_gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_TENSORRT), reason="needs a 
 
 
 def _export_cli(args, cwd):
-    return subprocess.run([sys.executable, "-m", "alitool.cli", "export", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return alitool_subprocess("export", *args, cwd=cwd)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
 def test_without_tensorrt_one_line_says_how_to_install(tmp_path):
     run, _ = make_run(tmp_path)
@@ -46,6 +40,21 @@ def test_without_tensorrt_one_line_says_how_to_install(tmp_path):
     assert "TensorRT is not installed" in lines[0] and "pip install 'alitool[trt]'" in lines[0]
     assert "the ONNX files are ready" in lines[0] and "encoder.onnx" in lines[0]
     assert (run / "export" / "encoder.onnx").is_file() and (run / "export" / "decoder.onnx").is_file()
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
+def test_without_tensorrt_the_export_keeps_its_onnx_files_and_names_them(tmp_path):
+    """The same path in this process (the fast tier): the ONNX export finishes, then building engines stops with
+    one line naming what is ready."""
+    from alitool.export.tensorrt import engine_name
+
+    run, _ = make_run(tmp_path)
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT is not installed.*ONNX files are ready") as err:
+        export_checkpoint(run, ExportOptions(exporter="torchscript", trt=True), log=lambda _: None)
+    assert "\n" not in str(err.value) and str(run / "export" / "encoder.onnx") in str(err.value)
+    assert (run / "export" / "encoder.onnx").is_file() and (run / "export" / "decoder.onnx").is_file()
+    assert engine_name("encoder", "int8") == "encoder.int8.engine"
+    assert not list((run / "export").glob("*.engine"))
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="a CUDA GPU is present")
@@ -61,8 +70,8 @@ def test_without_gpu_the_line_says_a_cuda_gpu_is_needed(tmp_path):
 
 
 def _sidecar(tmp_path, **changes):
-    from alitool.backends.torch_backend import meta_from_config
     from alitool.config import load_config
+    from alitool.trained_networks import meta_from_config
 
     info = {"graph": "encoder", "precision": "fp16", "tensorrt_version": "10.13.3.9", "gpu_name": "NVIDIA L4",
             "compute_capability": "8.9", "profile": {"input": "images", "min": [1, 1, 8, 8], "opt": [64, 1, 8, 8],

@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import parameters_changed, parameters_of
 
-from alitool.backends.torch_backend import TorchBackend, load_networks
+from alitool.backends.torch_backend import TorchBackend
 from alitool.cli import main
 from alitool.config import load_config
 from alitool.data.mixture import sample_mixture
 from alitool.errors import UserError
+from alitool.trained_networks import load_networks
 from alitool.trainers.baselines import GANGame, InverseMappingGame, PostHocGame, VAEGame
 
 CPU = torch.device("cpu")
-
-
-def _params(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in module.parameters()]
-
-
-def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
-    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
 def test_inference_baselines_keep_the_gan_decoder_frozen():
@@ -38,13 +32,13 @@ def test_inference_baselines_keep_the_gan_decoder_frozen():
     for cls in (InverseMappingGame, PostHocGame):
         game = cls(cfg, CPU, state)
         enc, dec = game.modules()["encoder"], game.modules()["decoder"]
-        enc_before, dec_before = _params(enc), _params(dec)
+        enc_before, dec_before = parameters_of(enc), parameters_of(dec)
         game.train(True)
         for _ in range(2):
             out = game.step(x)
         assert all(np.isfinite(float(v)) for v in out.values())
-        assert _changed(enc_before, enc), cls.name
-        assert not _changed(dec_before, dec), cls.name
+        assert parameters_changed(enc_before, enc), cls.name
+        assert not parameters_changed(dec_before, dec), cls.name
         assert not dec.training  # frozen means eval mode too (batch norm statistics stay the GAN's)
 
 
@@ -81,6 +75,7 @@ def test_train_mixture25_writes_an_ordinary_run_that_exports(tmp_path):
     np.testing.assert_allclose(onnx_backend.decode(z), backend.decode(z), rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_experiment_end_to_end_on_a_few_steps(tmp_path):
     out = tmp_path / "exp"
     args = ["experiment", "mixture", "--runs", "1", "--steps", "4", "--jobs", "1", "--out", str(out),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_DIGITS
+from helpers import TINY_DIGITS
 
 from alitool.checkpoint import load_checkpoint
 from alitool.cli import main

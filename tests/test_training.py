@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_DIGITS, parameters_changed, parameters_of, small_train_set
 
 from alitool.checkpoint import load_checkpoint
-from alitool.data import load_dataset
 from alitool.errors import TrainingDiverged
 from alitool.trainers.ali import ALIGame
 from alitool.trainers.loop import Trainer
@@ -31,25 +31,13 @@ def test_losses_equal_the_formulas_on_a_hand_computed_case():
         float(bce(real, torch.ones(2)) + bce(fake, torch.zeros(2))), rel=1e-6)
 
 
-def _snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _changed(before, module):
-    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items() if v.dtype.is_floating_point)
-
-
-def _params_changed(before, module):
-    return any(not torch.equal(before[k], p) for k, p in module.named_parameters())
-
-
 def test_one_step_updates_all_three_networks(tiny_cfg):
     game = ALIGame(tiny_cfg, torch.device("cpu"))
     nets = game.modules()
-    before = {name: _snapshot(m) for name, m in nets.items()}
+    before = {name: parameters_of(m) for name, m in nets.items()}
     game.step(torch.rand(16, 1, 8, 8))
     for name, m in nets.items():
-        assert _params_changed(before[name], m), name
+        assert parameters_changed(before[name], m), name
 
 
 @pytest.mark.parametrize("frozen", ["generator", "discriminator"])
@@ -57,9 +45,9 @@ def test_each_update_moves_only_its_own_player(tiny_cfg, frozen):
     game = ALIGame(tiny_cfg, torch.device("cpu"))
     for group in game.optimizers()[frozen].param_groups:
         group["lr"] = 0.0  # Adam with lr 0 does not move its parameters
-    before = {name: _snapshot(m) for name, m in game.modules().items()}
+    before = {name: parameters_of(m) for name, m in game.modules().items()}
     game.step(torch.rand(16, 1, 8, 8))
-    moved = {name: _params_changed(before[name], m) for name, m in game.modules().items()}
+    moved = {name: parameters_changed(before[name], m) for name, m in game.modules().items()}
     if frozen == "generator":  # only D stepped: encoder and decoder are untouched
         assert moved == {"encoder": False, "decoder": False, "discriminator": True}
     else:
@@ -87,10 +75,8 @@ def test_gradients_come_from_each_players_own_loss(tiny_cfg):
         torch.testing.assert_close(p.grad, g)
 
 
-def _small_train_set(cfg, n=100):
-    ds = load_dataset(cfg, "train")
-    ds.x, ds.y = ds.x[:n], ds.y[:n]
-    return ds
+def _small_train_set(cfg):
+    return small_train_set(cfg, 100)
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):
@@ -98,7 +84,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_cfg, tmp_path):
     trainer.start_fresh()
     trainer.game.step(trainer.train_data.float_batch(slice(0, 32)))  # move away from the initial weights
     trainer.save()
-    from alitool.backends.torch_backend import load_networks
+    from alitool.trained_networks import load_networks
 
     _, enc, dec = load_networks(trainer.checkpoint_path)
     x, z = torch.rand(5, 1, 8, 8), torch.randn(5, tiny_cfg.model.latent_dim)
@@ -190,8 +176,6 @@ def test_a_log_that_is_a_file_gets_plain_progress_lines(tiny_cfg, tmp_path, monk
 def test_metrics_csv_keeps_the_columns_a_switch_adds(tmp_path):
     """The ALICE term is logged per epoch next to the fixed columns, as the K+1 game's loss_sup would be."""
     import csv
-
-    from conftest import TINY_DIGITS
 
     from alitool.config import load_config
 

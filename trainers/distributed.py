@@ -1,4 +1,4 @@
-"""Data-parallel training on PyTorch's own engine: torch.distributed + DistributedDataParallel (issue 9).
+"""Data-parallel training on PyTorch's own engine: torch.distributed + DistributedDataParallel.
 
 Launch: ``alitool train ... --nproc N`` re-runs itself under ``torch.distributed.run`` (torchrun), or run
 ``torchrun --nproc-per-node N -m alitool.cli train ...`` yourself (multi-node: torchrun's usual flags).
@@ -7,8 +7,9 @@ Backend: NCCL on CUDA, gloo on CPU.
 Batch norm stays per replica (each process normalises with its own half of the batch), not SyncBatchNorm:
 SyncBatchNorm only runs on CUDA, so a CPU run could not use it, and per-replica statistics keep a 1-process and
 an N-process run of the same global batch close (each replica's batch is still 50+ examples for the paper's
-configs). On CUDA, ``--set train.sync_batch_norm=true`` would be the place to change that; we have not measured
-a need for it.
+configs). There is no switch for SyncBatchNorm: on CUDA, converting the models with
+``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` where DDP wraps them would be the place to add one; no run has
+shown a need for it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """MNIST (LeCun et al. 1998) and Fashion-MNIST (Xiao et al. 2017) in their official IDX files.
 
 Not datasets of the paper's tables, but the standard small 28x28 grayscale benchmarks ALI's successors report
-on (ALICE's MNIST reconstructions, PAPER_NOTES "Known weaknesses"), and small enough to train on a CPU.
+on (ALICE, for one, shows MNIST reconstructions, where ALI's are known to often change the digit), and small
+enough to train on a CPU.
 
 Files: ``train-images-idx3-ubyte.gz`` (60,000 images), ``train-labels-idx1-ubyte.gz``,
 ``t10k-images-idx3-ubyte.gz`` (10,000), ``t10k-labels-idx1-ubyte.gz``; the unpacked files without ``.gz`` are

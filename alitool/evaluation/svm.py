@@ -1,6 +1,6 @@
 """The paper's L2-SVM protocol for representation quality (Dumoulin et al. 2017, section 4.3, table 1).
 
-PAPER_NOTES: 1000 labelled training examples (100 per class), a linear SVM with the squared hinge loss
+What the paper states: 1000 labelled training examples (100 per class), a linear SVM with the squared hinge loss
 (scikit-learn's ``LinearSVC``, liblinear), C chosen on a 10,000-example validation split, test error averaged
 over 100 SVMs trained on different random 1000-example sets, reported as mean +- std.
 
@@ -120,8 +120,8 @@ def fit_standardised_svm(x: np.ndarray, y: np.ndarray, c: float, max_iter: int =
     std[std < 1e-8] = 1.0  # constant features (dead units, border pixels) stay constant
     x = (x - mean) / std
     basis = np.linalg.qr(x.T)[0] if x.shape[0] < x.shape[1] else None  # [features, examples]
-    # liblinear's dual solver: with the protocol's small labelled sets it is the fast one at every C (1000 x 784
-    # Fashion pixels: 2.8 vs 3.9 CPU-s at C = 0.01, 7.7 vs 95 at C = 1), whereas "auto" picks the primal for n > d.
+    # liblinear's dual solver: with the protocol's small labelled sets it was the faster one at every C tried
+    # (1000 Fashion-MNIST examples x 784 pixels, benchmarks/RESULTS.md), whereas "auto" picks the primal for n > d.
     svm = LinearSVC(C=c, loss="squared_hinge", dual=True, max_iter=max_iter, random_state=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
