@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from alitool.backends import load_backend
-from alitool.backends.torch_backend import meta_from_config
 from alitool.config import load_config
 from alitool.export.onnx import export_networks
 from alitool.export.pipeline import ExportOptions, export_checkpoint
 from alitool.export.quantize import ImageSet, measure_fidelity, quantize_encoder
 from alitool.models import ALI, data_shape
+from alitool.trained_networks import meta_from_config
 
 BATCHES = (1, 64, 256)
 

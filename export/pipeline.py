@@ -9,13 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alitool.contract.names import DECODER_ONNX, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_DIR
 from alitool.errors import UserError
 
 
 @dataclass
 class ExportOptions:
-    out: Path | None = None  # default: <run>/export
+    out: Path | None = None  # default: <run>/export (EXPORT_DIR)
     int8: bool = False
+    int8_scheme: str = ""  # a name in export/quantize.py SCHEMES; "" is its DEFAULT_SCHEME (portable)
     calib: str = ""  # "", a number of training images, a folder or a .npy file
     trt: bool = False
     fp16: bool = False
@@ -32,20 +34,22 @@ class ExportReport:
     files: list[Path] = field(default_factory=list)
     parity: list[str] = field(default_factory=list)
     fidelity: object | None = None  # quantize.Fidelity
+    int8_scheme: str = ""  # the scheme the INT8 file was written with
     reused: bool = False
 
 
 def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
-    from alitool.backends.torch_backend import load_networks_and_weights, meta_from_config
     from alitool.checkpoint import file_sha256
     from alitool.export.onnx import describe_outputs, export_networks
     from alitool.runs import run_checkpoint
+    from alitool.trained_networks import load_networks_and_weights, meta_from_config
 
     checkpoint = run_checkpoint(source)
-    out_dir = Path(options.out) if options.out else checkpoint.parent / "export"
+    scheme = _int8_scheme(options) if options.int8 else None  # an unknown or TensorRT-less scheme fails before work
+    out_dir = Path(options.out) if options.out else checkpoint.parent / EXPORT_DIR
     report = ExportReport(out_dir)
     sha = file_sha256(checkpoint)
-    encoder_path, decoder_path = out_dir / "encoder.onnx", out_dir / "decoder.onnx"
+    encoder_path, decoder_path = out_dir / ENCODER_ONNX, out_dir / DECODER_ONNX
 
     cfg, encoder, decoder, weights = load_networks_and_weights(checkpoint, raw_weights=options.raw_weights)
     if options.raw_weights and not weights:
@@ -74,19 +78,28 @@ def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[
             log(f"parity {line}")
     report.files += [encoder_path, decoder_path]
 
-    int8_path = out_dir / "encoder.int8.onnx"
+    int8_path = out_dir / ENCODER_INT8_ONNX
     if options.int8:
-        from alitool.export.quantize import calibration_set, measure_fidelity, quantize_encoder
+        from alitool.export.quantize import (
+            calibration_set,
+            low_fidelity_advice,
+            measure_fidelity,
+            quantize_encoder,
+            scheme_note,
+        )
 
         calibration, heldout = calibration_set(cfg, options.calib, options.data_dir)
-        log(f"quantising the encoder to INT8 (static QDQ, per-channel), calibrated on {calibration.source}...")
-        quantize_encoder(encoder_path, int8_path, calibration)
+        log(f"quantising the encoder to INT8 (static QDQ, per-channel, scheme {scheme.name}), calibrated on "
+            f"{calibration.source}...")
+        quantize_encoder(encoder_path, int8_path, calibration, scheme)
         report.fidelity = measure_fidelity(encoder_path, int8_path, heldout)
+        report.int8_scheme = scheme.name
         log(f"wrote {int8_path}")
+        log(scheme_note(scheme))
         log(report.fidelity.line())
-        if report.fidelity.images and report.fidelity.cosine_mean < 0.99:
-            log("warning: INT8 z_mean cosine similarity below 0.99; try more calibration images (--calib 2000) "
-                "or use encoder.onnx (fp32)")
+        advice = low_fidelity_advice(report.fidelity, scheme, len(calibration.images))
+        if advice:
+            log(advice)
         report.files.append(int8_path)
     elif _up_to_date((int8_path,), sha, weights):
         report.files.append(int8_path)  # from an earlier `--int8` of this checkpoint: still valid, still there
@@ -96,14 +109,25 @@ def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[
     return report
 
 
+def _int8_scheme(options: ExportOptions):
+    from alitool.export.quantize import DEFAULT_SCHEME, int8_scheme
+
+    scheme = int8_scheme(options.int8_scheme or DEFAULT_SCHEME)
+    if options.trt and not scheme.tensorrt:
+        raise UserError(f"--int8-scheme {scheme.name} is for ONNX Runtime only ({scheme.safe_on}); TensorRT needs "
+                        f"a symmetric int8 scheme with float biases: {DEFAULT_SCHEME} (the default) or vnni")
+    return scheme
+
+
 def _build_engines(out_dir: Path, report: ExportReport, options: ExportOptions, log: Callable[[str], None]) -> None:
     from alitool.export.tensorrt import build_engine, engine_name
 
     ready = "; the ONNX files are ready to use with onnxruntime: " + ", ".join(str(f) for f in report.files)
-    plan = [("encoder", "int8" if options.int8 else ("fp16" if options.fp16 else "fp32")),
-            ("decoder", "fp16" if options.fp16 else "fp32")]
-    for graph, precision in plan:
-        onnx_file = out_dir / ("encoder.int8.onnx" if precision == "int8" else f"{graph}.onnx")
+    float_precision = "fp16" if options.fp16 else "fp32"
+    plan = [("encoder", "int8", ENCODER_INT8_ONNX) if options.int8 else ("encoder", float_precision, ENCODER_ONNX),
+            ("decoder", float_precision, DECODER_ONNX)]
+    for graph, precision, onnx_name in plan:
+        onnx_file = out_dir / onnx_name
         engine = out_dir / engine_name(graph, precision)
         sidecar = build_engine(onnx_file, engine, precision, options.batch, ready=ready, log=log)
         log(f"wrote {engine} and {engine.name}.json (TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu_name']}, "

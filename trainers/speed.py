@@ -1,4 +1,4 @@
-"""Speed switches for the training step: bf16 autocast, channels_last, torch.compile (issue 9).
+"""Speed switches for the training step: bf16 autocast, channels_last, torch.compile.
 
 Each is a config switch (``train.precision``, ``train.channels_last``, ``train.compile``) measured by
 benchmarks/train_step.py before it is made a default anywhere.
@@ -7,36 +7,29 @@ benchmarks/train_step.py before it is made a default anywhere.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 from torch import nn
 
 from alitool.config import Config
+from alitool.cpu_features import has_native_bf16
 
 
-@functools.cache  # autocast() asks on every forward pass; the CPU does not change, so read /proc/cpuinfo once
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX-BF16 on this CPU (Linux reports them in /proc/cpuinfo). Without them oneDNN emulates
-    bf16 arithmetic, which is slower than fp32; elsewhere (macOS, Windows, ARM) we do not guess."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    """AVX-512 BF16 or AMX-BF16 on this CPU (Linux reports them in /proc/cpuinfo, read once by
+    alitool.cpu_features). Without them oneDNN emulates bf16 arithmetic, which is slower than fp32; elsewhere
+    (macOS, Windows, ARM) we do not guess."""
+    return has_native_bf16()
 
 
 def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
     """Whether to run the forward pass under bf16 autocast.
 
     ``auto`` picks bf16 where it was measured to pay off without hurting training (benchmarks/RESULTS.md): CUDA
-    GPUs with native bf16, and conv nets on CPUs with native bf16 (with channels_last: SVHN step 2.3x, a
-    Fashion-MNIST epoch 2.1x; digits and Fashion-MNIST trained to the same quality). Vector data (the 2-D mixture)
-    stays fp32: bf16's 8-bit mantissa is 0.03 at a coordinate of 4, as wide as the mixture's modes (std 0.05).
+    GPUs with native bf16, and conv nets on CPUs with native bf16 (with channels_last, SVHN steps and
+    Fashion-MNIST epochs were markedly faster, and digits and Fashion-MNIST trained to the same quality). Vector
+    data (the 2-D mixture) stays fp32: bf16's 8-bit mantissa is 0.03 at a coordinate of 4, as wide as the
+    mixture's modes (std 0.05).
     """
     if precision == "bf16":
         return True
@@ -44,9 +37,7 @@ def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
         if device.type == "cuda":
             return torch.cuda.is_bf16_supported()
         return device.type == "cpu" and images and cpu_has_native_bf16()
-    if precision != "fp32":
-        raise ValueError(f"train.precision must be auto, fp32 or bf16, not {precision!r}")
-    return False
+    return False  # fp32: the only other value train.precision admits (checked when the config loads)
 
 
 def bf16_for(cfg: Config, device: torch.device) -> bool:
@@ -71,8 +62,8 @@ def describe_precision(cfg: Config, device: torch.device) -> str:
 
 def adam(params: list[nn.Parameter], cfg: Config) -> torch.optim.Adam:
     """Adam with the config's lr and betas; the fused kernel (one pass over each tensor, instead of about ten
-    ``_foreach`` passes) where torch has it. SVHN's 10.4 M parameters: 9 ms a step fused against 29 ms (CPU,
-    benchmarks/RESULTS.md); the update is the same arithmetic (tests/test_speed.py)."""
+    ``_foreach`` passes) where torch has it: several times faster a step on SVHN's 10.4 M parameters on the CPU
+    (benchmarks/RESULTS.md), and the update is the same arithmetic (tests/test_speed.py)."""
     t = cfg.train
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused or None)

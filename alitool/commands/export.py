@@ -15,6 +15,11 @@ from alitool.commands import user_errors
               help="Output folder (default: <run>/export).")
 @click.option("--int8", is_flag=True, help="Also write encoder.int8.onnx: static INT8 (QDQ, per-channel), "
               "calibrated on real training images, with its fidelity against fp32 printed.")
+@click.option("--int8-scheme", default=None, type=click.Choice(["portable", "vnni", "u8u8", "mobile"]),
+              help="INT8 number formats (default portable). portable: int8, 7-bit weights, faithful on every CPU "
+                   "and TensorRT; vnni: 8-bit weights, only for x86 with VNNI/AMX, ARM64 and TensorRT (wrong "
+                   "features on AVX2-only x86); u8u8: uint8, ONNX Runtime only; mobile: portable with int32 "
+                   "biases, for ONNX Runtime Mobile's Runtime optimisation style, not TensorRT.")
 @click.option("--calib", default="", metavar="N|DIR",
               help="INT8 calibration: N random training images of the run's dataset (default 512), "
                    "or a folder of images / a .npy array.")
@@ -29,7 +34,8 @@ from alitool.commands import user_errors
 @click.option("--raw-weights", is_flag=True,
               help="For a run trained with train.ema: export the raw weights, not their moving average (the default).")
 @user_errors
-def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data_dir, force, raw_weights) -> None:
+def export(run_or_checkpoint, out, int8, int8_scheme, calib, trt, fp16, batch, exporter, data_dir, force,
+           raw_weights) -> None:
     """Export a trained model (default: the newest run under runs/) to ONNX, INT8 ONNX and TensorRT.
 
     Writes encoder.onnx (images -> z_mean, z_log_sigma, features) and decoder.onnx (z -> images) with a dynamic
@@ -41,6 +47,7 @@ def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data
       alitool export                          # newest run -> runs/<name>/export/*.onnx
       alitool export runs/digits --int8       # + encoder.int8.onnx and its fidelity vs fp32
       alitool export --int8 --calib photos/   # calibrate INT8 on your own images
+      alitool export --int8 --int8-scheme vnni   # 8-bit weights: x86 with VNNI/AMX, ARM64, TensorRT only
       alitool export --trt --fp16 --batch 256 # + TensorRT engines (GPU machine)
       alitool export runs/digits --raw-weights --out runs/digits/export-raw   # a train.ema run's raw weights
     """
@@ -51,7 +58,10 @@ def export(run_or_checkpoint, out, int8, calib, trt, fp16, batch, exporter, data
     if calib and not int8:
         click.echo("note: --calib only matters with --int8; adding --int8", err=True)
         int8 = True
-    options = ExportOptions(out=out, int8=int8, calib=calib, trt=trt, fp16=fp16, batch=batch, exporter=exporter,
-                            data_dir=data_dir, force=force, raw_weights=raw_weights)
+    if int8_scheme and not int8:
+        click.echo("note: --int8-scheme only matters with --int8; adding --int8", err=True)
+        int8 = True
+    options = ExportOptions(out=out, int8=int8, int8_scheme=int8_scheme or "", calib=calib, trt=trt, fp16=fp16,
+                            batch=batch, exporter=exporter, data_dir=data_dir, force=force, raw_weights=raw_weights)
     report = export_checkpoint(source, options, log=click.echo)
     click.echo(f"done: {', '.join(str(f) for f in report.files)}")
