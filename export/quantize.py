@@ -231,7 +231,11 @@ def read_images(path: Path, cfg: Config) -> ImageSet:
         return ImageSet(_as_float(array), f"{path.name}, {len(array)} rows")
     if cfg.data.image_size == 0:
         raise UserError(f"--calib {path}: this model takes {shape[0]}-d vectors, not images; give a .npy array")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    from alitool.data.imagefiles import ImageSource
+
+    # The training loader's own listing (recursive, hidden files and folders left out), so that a folder
+    # calibrates on exactly the images it would train on.
+    files = [path / name for name in ImageSource(path).list_images()]
     if not files:
         raise UserError(f"--calib {path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in that folder")
     pre = Preprocess.from_config(cfg.data)

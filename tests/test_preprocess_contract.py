@@ -149,6 +149,20 @@ def test_exif_rotated_jpeg_with_stretch_crop(tmp_path):
     assert np.array_equal(load_pixels(path, Preprocess.from_config(cfg.data)), np.rint(x * 255).astype(np.uint8))
 
 
+def test_a_calibration_folder_holds_the_images_training_would_read(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".thumbnails").mkdir()
+    for i, path in enumerate([folder / "a.png", folder / "sub" / "b.jpg", folder / ".hidden.png",
+                              folder / ".thumbnails" / "c.png"]):
+        cv2.imwrite(str(path), _textured(20, 24, seed=i))
+    cfg = _cfg(3)
+    train = load_dataset(cfg, "train", str(folder)).float_batch(slice(None)).numpy()
+    calib = read_images(folder, cfg)
+    assert len(train) == 2 and "2 images" in calib.source  # the hidden file and folder are left out by both
+    assert np.array_equal(train, calib.images)
+
+
 def test_stretch_crop_is_reachable_from_the_config(tmp_path):
     path = _one_file(tmp_path, "wide.png")
     bgr = _textured(40, 96, 5)
