@@ -2,8 +2,8 @@
 line or from a dataset's labels, with any backend (checkpoint, ONNX Runtime, TensorRT).
 
 - ``fixed_condition``: the y of ``--class`` / ``--attrs``, checked against what the model says y means.
-- ``ConditionedBackend``: a conditional model with one y for every input, so the unconditional pipelines
-  (encode, reconstruct, interpolate, sample) run it unchanged.
+- ``ConditionedBackend`` / ``with_fixed_condition``: a conditional model with one y for every input, so the
+  unconditional pipelines (encode, reconstruct, interpolate, sample) run it unchanged.
 - ``condition_grid``: figure 7's layout: one fixed z per row, one y setting per column.
 - ``dataset_reconstruction_grid`` / ``encode_dataset_to_npy``: a dataset split's images with their own labels
   (or attributes) as y, through the same fixed-size batches, PNG and .npy writers as the file pipelines.
@@ -42,6 +42,22 @@ def fixed_condition(backend, class_text: str | None, attrs_text: str | None) -> 
     if attrs_text is not None:
         return condition.parse_attrs(attrs_text)
     return None
+
+
+def with_fixed_condition(backend, class_text: str | None, attrs_text: str | None, command: str):
+    """``backend`` with the y of ``--class`` / ``--attrs`` fixed for every input, the backend itself for an
+    unconditional model, or one line naming the flag when a conditional model gets no y (``command``: the
+    command that needs it)."""
+    y = fixed_condition(backend, class_text, attrs_text)
+    if y is not None:
+        return ConditionedBackend(backend, y)
+    condition = condition_of(backend.meta)
+    if condition is not None:
+        flag = "--class" if condition.kind == "class" else "--attrs"
+        dataset = " or --dataset SPLIT" if command in ("encode", "reconstruct") else ""
+        raise UserError(f"model {backend.meta.name!r} is conditional on {condition.describe()}; {command} needs "
+                        f"{flag}{dataset}")
+    return backend
 
 
 def require_condition(backend) -> Condition:

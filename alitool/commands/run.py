@@ -58,22 +58,6 @@ def dataset_options(fn):
     return fn
 
 
-def conditioned(loaded, class_, attrs, what: str):
-    """``loaded`` with the y of --class / --attrs fixed, or one line when a conditional model gets no y."""
-    from alitool.conditional import condition_of
-    from alitool.conditional_run import ConditionedBackend, fixed_condition
-
-    y = fixed_condition(loaded, class_, attrs)
-    if y is not None:
-        return ConditionedBackend(loaded, y)
-    condition = condition_of(loaded.meta)
-    if condition is not None:
-        flag = "--class" if condition.kind == "class" else "--attrs"
-        raise UserError(f"model {loaded.meta.name!r} is conditional on {condition.describe()}; {what} needs {flag}"
-                        f"{' or --dataset SPLIT' if what in ('encode', 'reconstruct') else ''}")
-    return loaded
-
-
 def input_options(fn):
     """--batch-size, --workers, --stride: how inputs are read and batched."""
     fn = click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
@@ -192,7 +176,9 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
                                            y=fixed_condition(loaded, class_, attrs), batch_size=batch_size)
         _finish(report, strict, f"{out} [{report.rows}, {report.dim}] and {index_path_for(out)}")
         return
-    loaded = conditioned(loaded, class_, attrs, "encode")
+    from alitool.conditional_run import with_fixed_condition
+
+    loaded = with_fixed_condition(loaded, class_, attrs, "encode")
     with interruptible(out):
         report = encode_to_npy(loaded, sources, out, kind=features, batch_size=batch_size, workers=workers,
                                stride=stride, max_pixels=int(max_megapixels * 1e6), progress=progress,
@@ -238,7 +224,9 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
                                             y=fixed_condition(loaded, class_, attrs), batch_size=batch_size)
         click.echo(f"{shown} images of the {dataset_split} split and their reconstructions; wrote {out}")
         return
-    loaded = conditioned(loaded, class_, attrs, "reconstruct")
+    from alitool.conditional_run import with_fixed_condition
+
+    loaded = with_fixed_condition(loaded, class_, attrs, "reconstruct")
     with interruptible(out):
         if kind == "png":
             report = reconstruction_grid(loaded, sources, out, n=n, batch_size=batch_size, workers=workers,
@@ -268,11 +256,12 @@ def interpolate(endpoints, out, model, backend, device, steps, class_, attrs) ->
       alitool interpolate clip.mp4@0 clip.mp4@120 x.png y.png --steps 10 --out interp.png
       alitool interpolate a.png b.png --class 7 --out interp.png --model runs/digits-cond
     """
+    from alitool.conditional_run import with_fixed_condition
     from alitool.io.pictures import check_picture_path, interpolation_grid
 
     check_picture_path(out)
-    loaded = conditioned(_open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
-                         "interpolate")
+    loaded = with_fixed_condition(_open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
+                                  "interpolate")
     rows = interpolation_grid(loaded, list(endpoints), out, steps=steps)
     click.echo(f"{rows} interpolation row{'s' if rows != 1 else ''} of {steps + 2} images; wrote {out}")
 
@@ -305,7 +294,7 @@ def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> N
       alitool sample --grid "Black_Hair;Blond_Hair;Blond_Hair,Bangs" --attrs Male --out grid.png --model runs/celeba
     """
     from alitool.conditional import condition_of
-    from alitool.conditional_run import condition_grid, fixed_condition
+    from alitool.conditional_run import condition_grid, fixed_condition, with_fixed_condition
     from alitool.io.pictures import check_picture_path, sample_grid
 
     check_picture_path(out)
@@ -322,5 +311,5 @@ def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> N
         condition_grid(loaded, out, columns_y, rows=rows, seed=seed)
         click.echo(f"{rows} rows (z, seed {seed}) x {len(titles)} columns: {' | '.join(titles)}; wrote {out}")
         return
-    sample_grid(conditioned(loaded, class_, attrs, "sample"), out, n=n, seed=seed)
+    sample_grid(with_fixed_condition(loaded, class_, attrs, "sample"), out, n=n, seed=seed)
     click.echo(f"{n} samples (seed {seed}); wrote {out}")
