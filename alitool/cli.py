@@ -8,32 +8,12 @@ from __future__ import annotations
 
 import click
 
-from alitool import __version__
 
+def runtime_report(cuda: bool = False) -> str:
+    """Which inference runtimes are usable here (``alitool.install``); ``cuda`` imports torch to ask about CUDA."""
+    from alitool.install import runtime_report as report
 
-def runtime_report() -> str:
-    """Which inference runtimes are usable here: ONNX Runtime providers, TensorRT, CUDA."""
-    lines = [f"alitool {__version__}"]
-    try:
-        import torch
-
-        cuda = f"CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no CUDA"
-        lines.append(f"torch {torch.__version__} ({cuda})")
-    except ImportError:
-        lines.append("torch: not installed")
-    try:
-        import onnxruntime as ort
-
-        lines.append(f"onnxruntime {ort.__version__}: providers {', '.join(ort.get_available_providers())}")
-    except ImportError:
-        lines.append("onnxruntime: not installed (pip install 'alitool[cpu]' or 'alitool[gpu]')")
-    try:
-        import tensorrt as trt
-
-        lines.append(f"tensorrt {trt.__version__}")
-    except ImportError:
-        lines.append("tensorrt: not installed (pip install 'alitool[trt]' on a machine with an NVIDIA GPU)")
-    return "\n".join(lines)
+    return report(cuda=cuda)
 
 
 def _print_version(ctx: click.Context, _param, value: bool) -> None:
@@ -44,7 +24,8 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
-              help="Show the version and which runtimes (ONNX Runtime providers, TensorRT, CUDA) are usable.")
+              help="Show the version and which runtimes (ONNX Runtime providers, TensorRT, torch) are installed; "
+                   "alitool doctor also checks CUDA.")
 def main() -> None:
     """alitool: Adversarially Learned Inference (Dumoulin et al., ICLR 2017), from training to TensorRT.
 
@@ -63,8 +44,7 @@ def doctor() -> None:
     Example:
       alitool doctor
     """
-    click.echo(runtime_report())
-
+    click.echo(runtime_report(cuda=True))
 
 
 # Each area's commands live in alitool/commands/<area>.py; register them here, one line each.

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from alitool.errors import UserError, first_line
 
-INSTALL_HINT = "pip install 'alitool[trt]' (the trt extra; needs an NVIDIA GPU and driver)"
+INSTALL_HINT = ("pip install 'alitool[trt]' (TensorRT for CUDA 13, NVIDIA driver r580+; 'alitool[trt-cu12]' on "
+                "CUDA 12)")
 
 
 class TensorRTUnavailable(UserError):

@@ -85,7 +85,7 @@ def load_backend(path: str | Path, backend: str = "auto", device: str = "auto", 
     if kind == "tensorrt":
         from alitool.backends.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(path)
+        return TensorRTBackend(path, device=device)
     raise UserError(f"unknown backend {backend!r}; expected one of {', '.join(BACKEND_CHOICES)}")
 
 

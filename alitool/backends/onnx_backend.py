@@ -12,6 +12,7 @@ to ``images`` or ``z``; its meaning is in the metadata (``ModelMeta.y_kind``, ``
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -34,13 +35,36 @@ def pick_providers(device: str, available: list[str]) -> list[str]:
         return [p for p in PROVIDER_PRIORITY if p in available]
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    wanted = {"tensorrt": "TensorrtExecutionProvider"}.get(device, "CUDAExecutionProvider")
-    if not (device == "tensorrt" or device.startswith("cuda")):
-        raise UserError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or tensorrt")
+    cuda_index(device)  # a malformed device is one line before anything else
+    wanted = "TensorrtExecutionProvider" if device == "tensorrt" else "CUDAExecutionProvider"
     if wanted not in available:
         raise UserError(f"--device {device}: this onnxruntime has no {wanted} (it has {', '.join(available)}); "
                         f"install alitool[gpu] (onnxruntime-gpu) instead of onnxruntime, on a machine with CUDA")
     return [p for p in PROVIDER_PRIORITY[PROVIDER_PRIORITY.index(wanted):] if p in available]
+
+
+def cuda_index(device: str) -> int | None:
+    """The GPU index of ``device``: N for "cuda:N", None for "auto", "cpu", "cuda" and "tensorrt" (the runtime's
+    default GPU, 0); anything else is one line."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match:
+        return int(match.group(1)) if match.group(1) is not None else None
+    if device in ("auto", "cpu", "tensorrt"):
+        return None
+    raise UserError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N (N the GPU index) or tensorrt")
+
+
+def provider_options(provider: str, device: str, file: Path) -> dict[str, str | int]:
+    """The options of ``provider`` for a session of ``file`` on ``device``: the GPU index of "cuda:N" for the CUDA
+    and TensorRT providers ("device_id"; without one ONNX Runtime takes GPU 0), and the TensorRT provider's
+    engine cache."""
+    options: dict[str, str | int] = {}
+    index = cuda_index(device)
+    if index is not None and provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+        options["device_id"] = index
+    if provider == "TensorrtExecutionProvider":
+        options.update(_trt_cache_options(file))
+    return options
 
 
 def resolve_onnx_files(path: str | Path) -> tuple[Path | None, Path | None]:
@@ -70,6 +94,7 @@ class OnnxBackend:
 
         encoder_path, decoder_path = resolve_onnx_files(path)
         self.providers_requested = pick_providers(device, ort.get_available_providers())
+        self.device = device
         self.threads = threads
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.files: dict[str, Path] = {}
@@ -105,7 +130,7 @@ class OnnxBackend:
         options.intra_op_num_threads = self.threads  # 0: ONNX Runtime's default (one per physical core)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: a GPU build's CUDA-missing chatter is reported below
-        providers = [(p, _provider_options(p, file)) for p in self.providers_requested]
+        providers = [(p, provider_options(p, self.device, file)) for p in self.providers_requested]
         try:
             return ort.InferenceSession(str(file), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -152,9 +177,7 @@ class OnnxBackend:
         return self.sessions["decoder"].run(["images"], self._feed("z", z, y))[0]
 
 
-def _provider_options(provider: str, file: Path) -> dict[str, str]:
-    if provider != "TensorrtExecutionProvider":
-        return {}
+def _trt_cache_options(file: Path) -> dict[str, str]:
     # Building a TensorRT engine takes seconds to minutes: cache it next to the model (or in /tmp when that
     # folder is read-only) so only the first session pays.
     cache = file.parent / ".trt_ep_cache"

@@ -19,7 +19,12 @@ def open_model(path: str | Path, backend: str = "auto", device: str = "auto", ne
     except UserError:
         raise
     except ImportError as err:
+        from alitool.install import TRAINING_INSTALL, TRAINING_STACK
+
         runtime = "" if backend == "auto" else f" with --backend {backend}"
+        if (err.name or "").partition(".")[0] in TRAINING_STACK:  # a checkpoint on an inference-only install
+            raise UserError(f"{path}: opening it{runtime} needs the training stack (PyTorch), which is not installed: "
+                            f"{TRAINING_INSTALL}, or give its ONNX export (alitool export)") from None
         raise UserError(f"{path}: opening it{runtime} needs the '{err.name}' package, which is not installed "
                         "(see alitool doctor)") from None
     except Exception as err:  # noqa: BLE001 - whatever a runtime says about a bad file, say it in one line
@@ -33,7 +38,7 @@ def open_model(path: str | Path, backend: str = "auto", device: str = "auto", ne
 
 def describe_model(path: str | Path, loaded: Backend) -> str:
     """``model: <path> (<runtime>, <size>, latent <d>[, conditional ...][, weight average])``: what a command
-    prints (on stderr) before it uses the model."""
+    prints (on stdout) before it uses the model."""
     meta = loaded.meta
     y = f", conditional on {meta.y_dim} {'classes' if meta.y_kind == 'class' else 'attributes'}" if meta.y_dim else ""
     average = ", weight average (train.ema)" if meta.weights == "ema" else ""

@@ -14,6 +14,7 @@ A conditional model's engines (paper section 4.4) have a second input ``y`` [N, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def check_engine_compatible(info: dict, engine: Path, trt_version: str, gpu: dic
         if info.get(key) != gpu[key]:
             raise UserError(f"{engine}: built for {label} {info.get(key)!r} ({info.get('gpu_name')}), this machine "
                             f"has {gpu[key]!r} ({gpu['gpu_name']}); rebuild here with `alitool export --trt`")
+
+
+def engine_device_index(device: str) -> int | None:
+    """The GPU of ``--device`` for TensorRT engines: N for "cuda:N", None (the current GPU) for "auto", "cuda" and
+    "tensorrt"; "cpu" and anything else are one line, since an engine runs on a CUDA GPU only."""
+    if device == "cpu":
+        raise UserError("--device cpu: TensorRT engines run on a CUDA GPU only; on a CPU open the ONNX files "
+                        "instead (--model <run>/export, --backend onnxruntime)")
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if match:
+        return int(match.group(1)) if match.group(1) is not None else None
+    if device in ("auto", "tensorrt"):
+        return None
+    raise UserError(f"--device {device!r}: TensorRT engines take auto, cuda or cuda:N (N the GPU index)")
 
 
 def resolve_engines(path: str | Path) -> dict[str, Path]:
@@ -69,12 +84,19 @@ def _first_engine(folder: Path, graph: str) -> Path | None:
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, device: str = "auto"):
+        index = engine_device_index(device)
         files = resolve_engines(path)
         trt = import_tensorrt()
-        gpu = cuda_gpu()
         import torch
 
+        if index is not None:
+            if torch.cuda.is_available() and index >= torch.cuda.device_count():
+                raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                f"numbered from 0")
+            if torch.cuda.is_available():
+                torch.cuda.set_device(index)  # engines are deserialised and run on the current device
+        gpu = cuda_gpu()  # the GPU the engines will run on: the sidecar check compares against it
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -120,8 +142,9 @@ class TensorRTBackend:
         count = len(next(iter(feed.values())))
         results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
         step = self.max_batch(graph)
-        # A stream of our own: TensorRT warns that the default stream costs extra synchronisation.
-        with torch.cuda.stream(self.stream):
+        # A stream of our own: TensorRT warns that the default stream costs extra synchronisation. The engine runs
+        # on the current device, so make it ours (another --device may have been chosen since).
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             for start in range(0, count, step):
                 held = []  # keep the input tensors alive until the engine has run
                 for name in inputs:

@@ -6,6 +6,7 @@ unless ``raw_weights``), exactly as ``alitool export`` reads them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,33 @@ import torch
 
 from alitool.backends import check_condition, check_kind
 from alitool.checkpoint import file_sha256
+from alitool.errors import UserError
 from alitool.runs import run_checkpoint
 from alitool.trained_networks import load_networks_and_weights, meta_from_config
+
+
+def torch_device(device: str) -> torch.device:
+    """``--device`` as a torch device, checked before any weights are loaded: "auto" is CUDA when usable, else the
+    CPU; "cuda" / "cuda:N" without a usable CUDA device (or without GPU N) is one line saying so, instead of the
+    checkpoint loader's "corrupt or truncated"."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device != "cpu" and not match:
+        try:  # another accelerator torch knows (mps, xpu, ...)
+            return torch.device(device)
+        except (RuntimeError, ValueError):
+            raise UserError(f"--device {device!r}: the PyTorch backend takes auto, cpu, cuda or cuda:N (N the GPU "
+                            "index)") from None
+    if match:
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise UserError(f"--device {device}: no CUDA device is usable here (torch {torch.__version__}, {build}, "
+                            "found no GPU); use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if match.group(1) is not None and int(match.group(1)) >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s), numbered from 0")
+    return torch.device(device)
 
 
 class TorchBackend:
@@ -22,9 +48,7 @@ class TorchBackend:
 
     def __init__(self, path: str | Path, device: str = "auto", raw_weights: bool = False):
         checkpoint = run_checkpoint(path)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.cfg, self.encoder, self.decoder, weights = load_networks_and_weights(checkpoint, self.device, raw_weights)
         self.meta = meta_from_config(self.cfg, file_sha256(checkpoint), weights)
 
