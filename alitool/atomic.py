@@ -9,6 +9,16 @@ atomic rename), filled, flushed to disk, then moved over the target; any failure
 ``os.open(..., 0o666)`` so that the kernel applies the process umask, exactly as for a plainly opened file: the
 umask is never read or changed, which would race with other threads (the encode path writes from several).
 
+Files that belong together (the features ``.npy`` and its index) land through ``commit_together``: every temporary
+is complete and synced first; then each target but the last is renamed into place after a hard link (or, where
+the file system has none, a copy) of its previous content is kept as ``.<name>.<random>.bak``; the last rename is
+the commit point. If any rename fails, the targets already replaced get their previous content back from the
+backups (or are removed, when there was none) and the temporaries are removed, so the old pair stays a pair.
+The backups are removed once all renames are done. (A process killed in the microseconds between two renames can
+still leave a new index beside the old ``.npy``; its row count then differs from the ``.npy``'s.)
+
+Where and how an output may be written at all (one-line errors, locks, stale temporaries): ``alitool.outputs``.
+
 No torch, no third-party import, no side effect at import: the running side uses this as much as training does.
 """
 
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -79,3 +90,56 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[IO[bytes]], object]) 
     except BaseException:
         discard(tmp)
         raise
+
+
+def _backup(path: Path) -> Path | None:
+    """A hidden hard link (or copy) of ``path``'s current content beside it, or None when ``path`` is no file."""
+    if not path.is_file():
+        return None
+    fd, backup = temp_beside(path, ".bak")
+    os.close(fd)
+    try:
+        backup.unlink()
+        os.link(path, backup)
+    except OSError:  # no hard links here (some network and FAT file systems): a copy, kept as small files are
+        shutil.copy2(path, backup)
+    return backup
+
+
+def commit_together(items: list[tuple[Path, Path, IO | None]]) -> None:
+    """Land several temporary files as one step: ``items`` are ``(tmp, path, open file or None)``, renamed in
+    this order, the last one being the commit point (see the module docstring). On failure every target is as it
+    was, every temporary is removed, and the error is raised."""
+    for tmp, _path, file in items:
+        if file is None:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        else:
+            file.flush()
+            os.fsync(file.fileno())
+            file.close()
+    done: list[tuple[Path, Path | None]] = []
+    backups: list[Path] = []
+    try:
+        for i, (tmp, path, _file) in enumerate(items):
+            path = Path(path)
+            backup = _backup(path) if i < len(items) - 1 else None
+            if backup is not None:
+                backups.append(backup)
+            os.replace(tmp, path)
+            done.append((path, backup))
+    except BaseException:
+        for path, backup in reversed(done):
+            try:
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for tmp, _path, _file in items:
+            discard(tmp)
+        raise
+    finally:
+        for backup in backups:
+            Path(backup).unlink(missing_ok=True)

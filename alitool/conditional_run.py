@@ -101,6 +101,9 @@ def condition_grid(backend, out: str | Path, columns_y: np.ndarray, *, rows: int
 
 def _dataset_for(backend, split: str, data_dir: str):
     """(the model's own dataset split, its Condition): the training config travels in the model's metadata."""
+    from alitool.install import require_training_stack
+
+    require_training_stack(f"--dataset {split} (the model's own dataset, read as in training)")
     from alitool.config import from_dict
     from alitool.data import load_dataset
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from alitool.errors import UserError, first_line
 
@@ -33,6 +33,17 @@ LAYER_OPS = ("conv", "deconv", "linear")
 ACTIVATIONS = ("lrelu", "relu", "linear", "sigmoid", "maxout", "tanh")
 # train.device: what the training loop hands to torch.device (trainers/loop.py, pick_device).
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+
+
+# The largest seed every generator we seed accepts (NumPy's legacy np.random.seed: [0, 2**32 - 1]).
+SEED_MAX = 2**32 - 1
+
+
+def bounded(default: Any, min: float | None = None, max: float | None = None, min_open: bool = False,
+            max_open: bool = False) -> Any:
+    """A number field whose value must lie in [min, max] (``min_open`` / ``max_open``: excluded); checked when a
+    config is built, like ``choice``. Every float field must also be finite, bounded or not."""
+    return field(default=default, metadata={"min": min, "max": max, "min_open": min_open, "max_open": max_open})
 
 
 def choice(default: str, choices: tuple[str, ...] = (), pattern: str = "", expected: str = "") -> Any:
@@ -70,6 +81,15 @@ class Layer:
                 f"{where}: a layer row is [op, kernel, stride, channels, batch_norm, dropout, activation], got {row!r}"
             )
         layer = Layer(*row)
+        for name in ("kernel", "stride", "channels"):  # a linear row's kernel and stride are unused (0)
+            value, least = getattr(layer, name), 0 if layer.op == "linear" and name != "channels" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise UserError(f"{where}: {name} must be a whole number >= {least}, got {value!r}")
+        if not isinstance(layer.batch_norm, bool):
+            raise UserError(f"{where}: batch_norm must be true or false, got {layer.batch_norm!r}")
+        dropout = layer.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise UserError(f"{where}: dropout must be a number in [0, 1), got {dropout!r}")
         if layer.op not in LAYER_OPS:
             raise UserError(f"{where}: unknown layer op {layer.op!r}; expected one of {', '.join(LAYER_OPS)}")
         if layer.activation not in ACTIVATIONS:
@@ -83,16 +103,16 @@ class Layer:
 class ModelConfig:
     """Encoder G_z(x), decoder G_x(z) and discriminator D(x, z) (paper section 2, Appendix A)."""
 
-    latent_dim: int = 16
-    leaky_slope: float = 0.01
-    maxout_pieces: int = 2
+    latent_dim: int = bounded(16, min=1, max=1_000_000)
+    leaky_slope: float = bounded(0.01, min=0, max=1)
+    maxout_pieces: int = bounded(2, min=1, max=64)
     # The encoder's last layer outputs 2 * latent_dim channels = (mu, log_sigma) and z is sampled with the
     # reparametrisation trick (paper section 3). "deterministic" makes it output mu only (BiGAN).
     encoder_output: str = choice("gaussian", ("gaussian", "deterministic"))
-    batch_norm_momentum: float = 0.05  # official code
-    init_std: float = 0.01  # N(0, 0.01) weights, zero biases (official code); 0: PyTorch's default init
+    batch_norm_momentum: float = bounded(0.05, min=0, max=1)  # official code
+    init_std: float = bounded(0.01, min=0)  # N(0, 0.01) weights, zero biases (official code); 0: PyTorch's default init
     # The 2-D experiment's encoder input (paper section 4.5): x concatenated with this many N(0, 1) noise values.
-    encoder_noise_dim: int = 0
+    encoder_noise_dim: int = bounded(0, min=0, max=1_000_000)
     # BigBiGAN's unary scores: D also scores x alone and z alone, and each score gets the loss (docs/mixture.md).
     disc_unary: bool = False
     # Spectral normalisation (Miyato et al. 2018) of every D weight, conv and linear (docs/switches.md).
@@ -101,7 +121,7 @@ class ModelConfig:
     # (256 in the official code) and fed to G_z, G_x and D. y_kind ("class": one-hot; "attributes": 0/1) and
     # y_names (class or attribute names) are filled in from the dataset at training time; they say what y means.
     conditional: bool = False
-    y_embed_dim: int = 256
+    y_embed_dim: int = bounded(256, min=1, max=1_000_000)
     y_kind: str = choice("", ("", "class", "attributes"))
     y_names: tuple[str, ...] = ()
     encoder: tuple[Layer, ...] = ()
@@ -114,15 +134,15 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    image_size: int = 8
-    channels: int = 1
+    image_size: int = bounded(8, min=0, max=8192)  # 0: vector data (the 2-D experiment)
+    channels: int = bounded(1, min=1, max=4096)
     data_dir: str = ""  # empty: the dataset's default location
     # How an image file of another shape becomes image_size x image_size: "center" cuts the central square, then
     # resizes it; "stretch" resizes the whole image (alitool.contract.preprocess, Preprocess).
     crop: str = choice("center", ("center", "stretch"))
     # Number of training images used to initialise the decoder's output bias to the log-odds of the mean
     # pixel (official code); 0 disables it.
-    bias_init_images: int = 10000
+    bias_init_images: int = bounded(10000, min=0)
 
 
 @dataclass(frozen=True)
@@ -131,24 +151,25 @@ class SemiSupervisedConfig:
     that many training examples keep their labels (balanced over ``classes``, drawn with train.seed), and
     D(x, z)'s last row outputs ``classes`` + 1 logits (trainers/semi.py)."""
 
-    labels: int = 0  # 0: the plain ALI game
-    classes: int = 10  # K
-    labelled_batch_size: int = 0  # labelled pairs per step; 0: train.batch_size
+    labels: int = bounded(0, min=0)  # 0: the plain ALI game
+    classes: int = bounded(10, min=1, max=1_000_000)  # K
+    labelled_batch_size: int = bounded(0, min=0)  # labelled pairs per step; 0: train.batch_size
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 100
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999  # the paper's "1e-3" is 1 - beta2: Blocks, the official code's library, takes it that way
-    seed: int = 0
+    epochs: int = bounded(100, min=1)
+    batch_size: int = bounded(100, min=1)  # and within memory (check_fits_memory)
+    lr: float = bounded(1e-4, min=0, min_open=True)
+    beta1: float = bounded(0.5, min=0, max=1, max_open=True)
+    # the paper's "1e-3" is 1 - beta2: Blocks, the official code's library, takes it that way
+    beta2: float = bounded(0.999, min=0, max=1, max_open=True)
+    seed: int = bounded(0, min=0, max=SEED_MAX)
     device: str = choice("auto", pattern=DEVICE_PATTERN, expected="auto, cpu, cuda or cuda:N")
-    max_steps: int = 0  # 0: no limit (stop after `epochs`)
-    checkpoint_every_steps: int = 0  # 0: once per epoch (and at the end) ...
-    checkpoint_every_minutes: float = 5.0  # ... and at least this often, so a kill loses little work
-    sample_grid: int = 64  # images in each epoch's sample / reconstruction grid
+    max_steps: int = bounded(0, min=0)  # 0: no limit (stop after `epochs`)
+    checkpoint_every_steps: int = bounded(0, min=0)  # 0: once per epoch (and at the end) ...
+    checkpoint_every_minutes: float = bounded(5.0, min=0)  # ... and at least this often, so a kill loses little work
+    sample_grid: int = bounded(64, min=1, max=4096)  # images in each epoch's sample / reconstruction grid
     # "simultaneous": one forward graph, D and G/E step together (official code); "alternating": D steps first,
     # then G/E play against the updated D (docs/mixture.md measures the difference).
     update: str = choice("simultaneous", ("simultaneous", "alternating"))
@@ -162,9 +183,9 @@ class TrainConfig:
     # Beyond the paper, each off by default (docs/switches.md):
     # bce: the paper's softplus form; hinge: the hinge loss of BigBiGAN (Donahue & Simonyan 2019)
     loss: str = choice("bce", ("bce", "hinge"))
-    alice: float = 0.0  # ALICE cycle term weight lambda (Li et al. 2017); 0: off
+    alice: float = bounded(0.0, min=0)  # ALICE cycle term weight lambda (Li et al. 2017); 0: off
     alice_norm: str = choice("l1", ("l1", "l2"))  # the distance of the ALICE reconstructions of x and z
-    ema: float = 0.0  # decay of an exponential moving average of G_z and G_x (e.g. 0.999); 0: off
+    ema: float = bounded(0.0, min=0, max=1, max_open=True)  # decay of an EMA of G_z and G_x (e.g. 0.999); 0: off
     semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
 
 
@@ -243,7 +264,76 @@ def _checked(cls: type, values: dict, prefix: str) -> dict[str, Any]:
             raise UserError(_unknown_key_message(prefix + str(key), [prefix + n for n in known]))
         kwargs[key] = _coerce(value, hints[key], prefix + key)
         _check_choice(known[key], kwargs[key], prefix + key)
+        _check_bounds(known[key], kwargs[key], prefix + key)
     return kwargs
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
+    """A ``bounded`` field's range, and finiteness for every float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key {key!r} is {value}; expected a finite number")
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or (low is None and high is None):
+        return
+    below = low is not None and (value <= low if f.metadata.get("min_open") else value < low)
+    above = high is not None and (value >= high if f.metadata.get("max_open") else value > high)
+    if below or above:
+        raise UserError(f"config key {key!r} is {value}; expected {_range_words(f)}")
+
+
+def _range_words(f: dataclasses.Field) -> str:
+    low, high = (_num(f.metadata.get(k)) for k in ("min", "max"))
+    if high is None:
+        return f"a number {'>' if f.metadata.get('min_open') else '>='} {low}"
+    if low is None:
+        return f"a number {'<' if f.metadata.get('max_open') else '<='} {high}"
+    return (f"a number in {'(' if f.metadata.get('min_open') else '['}{low}, {high}"
+            f"{')' if f.metadata.get('max_open') else ']'}")
+
+
+def _num(x: Any) -> Any:
+    return None if x is None else str(x) if isinstance(x, int) else f"{x:g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Memory: counts that scale an allocation (a batch, a grid) are checked against the memory available.
+
+# A training batch holds its images many times over (activations of three networks, gradients): a floor, so that
+# a batch that cannot possibly fit fails at once with one line instead of a MemoryError.
+BATCH_ACTIVATION_FACTOR = 16
+
+
+def available_memory_bytes() -> int:
+    """Memory available to a new allocation: /proc/meminfo's MemAvailable, else free pages (os.sysconf), else
+    16 GiB when neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return 16 * 2**30
+
+
+def check_memory(what: str, count: int, bytes_each: int, available: int | None = None) -> None:
+    """UserError (one line) when ``count`` items of ``bytes_each`` bytes exceed the memory available."""
+    available = available_memory_bytes() if available is None else available
+    need = count * bytes_each
+    if need > available:
+        raise UserError(f"{what} {count} would need at least {need / 2**30:.1f} GiB of memory, more than the "
+                        f"{available / 2**30:.1f} GiB available; use a smaller value")
+
+
+def check_fits_memory(cfg: Config) -> Config:
+    """``cfg`` when one training batch (train.batch_size images of data.channels x data.image_size^2 float32,
+    times ``BATCH_ACTIVATION_FACTOR``) can fit in the memory available, else UserError."""
+    pixels = cfg.data.channels * max(1, cfg.data.image_size) ** 2
+    check_memory("train.batch_size", cfg.train.batch_size, pixels * 4 * BATCH_ACTIVATION_FACTOR)
+    return cfg
 
 
 def _check_choice(f: dataclasses.Field, value: Any, key: str) -> None:
@@ -278,7 +368,7 @@ def to_dict(cfg: Any) -> Any:
 
 
 def from_dict(values: dict) -> Config:
-    return _build(Config, values)
+    return check_fits_memory(_build(Config, values))
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -316,6 +406,8 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict:
+    import yaml  # PyYAML is in the training stack; the running side never reads YAML
+
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -327,6 +419,8 @@ def read_yaml(path: Path) -> dict:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=2e-4"`` -> (["train", "lr"], 0.0002). The value is read as a YAML scalar, never as code."""
+    import yaml
+
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected key=value, e.g. --set train.lr=2e-4")
     key, raw = text.split("=", 1)
@@ -381,8 +475,10 @@ def load_config(name_or_path: str = "digits", overrides: list[str] | tuple[str, 
 
 def with_train(cfg: Config, **changes: Any) -> Config:
     """Return ``cfg`` with train fields replaced (CLI flags such as --epochs, --device), checked as ``--set`` is."""
-    return replace(cfg, train=replace(cfg.train, **_checked(TrainConfig, changes, "train.")))
+    return check_fits_memory(replace(cfg, train=replace(cfg.train, **_checked(TrainConfig, changes, "train."))))
 
 
 def dump_yaml(cfg: Config) -> str:
+    import yaml
+
     return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None, width=120)

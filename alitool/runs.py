@@ -14,18 +14,29 @@ from alitool.errors import UserError
 
 DEFAULT_ROOT = Path(RUNS_ROOT)
 EXPORTED_ENCODER = f"{EXPORT_DIR}/{ENCODER_ONNX}"  # what makes a run folder hold an export, relative to it
+# What makes a run folder hold TensorRT engines (``alitool export --trt``), relative to it.
+EXPORTED_ENGINES = tuple(f"{EXPORT_DIR}/encoder{p}.engine" for p in ("", ".fp32", ".fp16", ".int8"))
 NEWEST = "__newest__"  # ``--resume`` without a folder: the newest run of the config
 
 
 def new_run_dir(name: str, root: Path = DEFAULT_ROOT) -> Path:
-    """Create and return the first free ``root/name``, ``root/name-2``, ... folder."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Create and return the first free ``root/name``, ``root/name-2``, ... folder (``mkdir`` is atomic, so two
+    processes never get the same one). A root that cannot hold folders is one line (``alitool.outputs``)."""
+    from alitool.outputs import check_destination
+
+    check_destination(root, folder=True, what="run folder root")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"run folder root {root}: cannot create it ({err.strerror or err})") from None
     for i in range(1, 100000):
         path = root / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as err:
+            raise UserError(f"run folder {path}: cannot create it ({err.strerror or err})") from None
         return path
     raise UserError(f"{root}: no free run folder name for {name!r}")
 
@@ -51,9 +62,23 @@ def newest_run(root: Path = DEFAULT_ROOT, name: str | None = None, must_contain:
     return max(candidates, key=lambda p: ((p / must_contain).stat().st_mtime, p.name))
 
 
-def default_model(root: Path = DEFAULT_ROOT) -> Path:
-    """The model a RUN command opens without ``--model``: the newest export (``<run>/export``, when ONNX Runtime
-    is installed to run it), else the newest run with a checkpoint."""
+def default_model(root: Path = DEFAULT_ROOT, backend: str = "auto") -> Path:
+    """The model a RUN command (or ``alitool.load()``) opens without ``--model``, by ``--backend``:
+
+    - ``torch``: the newest run with a checkpoint (``<run>``);
+    - ``onnxruntime`` (``onnx``): the newest export (``<run>/export``, by its encoder.onnx);
+    - ``tensorrt`` (``trt``): the newest export with a TensorRT encoder engine (``<run>/export``);
+    - ``auto``: the newest export when ONNX Runtime is installed to run it, else the newest run with a
+      checkpoint."""
+    from alitool.backends import BACKEND_ALIASES
+
+    kind = BACKEND_ALIASES.get(backend, backend)
+    if kind == "torch":
+        return newest_run(root)
+    if kind == "onnxruntime":
+        return _newest_export(root, (EXPORTED_ENCODER,), "alitool export")
+    if kind == "tensorrt":
+        return _newest_export(root, EXPORTED_ENGINES, "alitool export --trt")
     try:
         export = newest_run(root, must_contain=EXPORTED_ENCODER) / EXPORT_DIR
     except UserError:
@@ -65,9 +90,23 @@ def default_model(root: Path = DEFAULT_ROOT) -> Path:
     return export
 
 
-def resolve_model(model: str | Path | None, root: Path = DEFAULT_ROOT) -> Path:
-    """``--model`` as a path, or the default model when it is not given."""
-    return Path(model) if model else default_model(root)
+def _newest_export(root: Path, files: tuple[str, ...], how: str) -> Path:
+    """``<run>/export`` of the run whose newest file among ``files`` (paths relative to a run) is the newest."""
+    found = []
+    for name in files:
+        try:
+            run = newest_run(root, must_contain=name)
+        except UserError:
+            continue
+        found.append(((run / name).stat().st_mtime, run.name, run))
+    if not found:
+        raise UserError(f"no run with {' or '.join(files)} under {root}/; make one first: {how}")
+    return max(found)[2] / EXPORT_DIR
+
+
+def resolve_model(model: str | Path | None, root: Path = DEFAULT_ROOT, backend: str = "auto") -> Path:
+    """``--model`` as a path, or the default model for ``backend`` when it is not given."""
+    return Path(model) if model else default_model(root, backend)
 
 
 def run_checkpoint(run_or_file: str | Path) -> Path:

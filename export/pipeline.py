@@ -11,6 +11,7 @@ from pathlib import Path
 
 from alitool.contract.names import DECODER_ONNX, ENCODER_INT8_ONNX, ENCODER_ONNX, EXPORT_DIR
 from alitool.errors import UserError
+from alitool.outputs import claim
 
 
 @dataclass
@@ -39,14 +40,23 @@ class ExportReport:
 
 
 def export_checkpoint(source: str | Path, options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
-    from alitool.checkpoint import file_sha256
-    from alitool.export.onnx import describe_outputs, export_networks
     from alitool.runs import run_checkpoint
-    from alitool.trained_networks import load_networks_and_weights, meta_from_config
 
     checkpoint = run_checkpoint(source)
     scheme = _int8_scheme(options) if options.int8 else None  # an unknown or TensorRT-less scheme fails before work
     out_dir = Path(options.out) if options.out else checkpoint.parent / EXPORT_DIR
+    # the export folder: one line if it cannot be written, locked against a second export into it, stale
+    # temporaries of a killed export removed (alitool.outputs); held until this export ends
+    with claim(out_dir, folder=True, what="--out" if options.out else "export folder", clean=(".",)):
+        return _export_into(checkpoint, out_dir, scheme, options, log)
+
+
+def _export_into(checkpoint: Path, out_dir: Path, scheme, options: ExportOptions,
+                 log: Callable[[str], None]) -> ExportReport:
+    from alitool.checkpoint import file_sha256
+    from alitool.export.onnx import describe_outputs, export_networks
+    from alitool.trained_networks import load_networks_and_weights, meta_from_config
+
     report = ExportReport(out_dir)
     sha = file_sha256(checkpoint)
     encoder_path, decoder_path = out_dir / ENCODER_ONNX, out_dir / DECODER_ONNX

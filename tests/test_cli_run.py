@@ -84,7 +84,7 @@ def test_encode_skips_each_bad_input_with_one_warning_line(tmp_path, model):
     result = run("encode", *sources, "--out", out, "--model", model, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == len(bad) + 2 == len(result.stderr.splitlines()) - 1  # + the "model:" line
+    assert len(warnings) == len(bad) + 2 == len(result.stderr.splitlines())  # the "model:" line is on stdout
     for name in [*bad, "empty", "missing.png"]:
         assert sum(f"{os.sep}{name}: skipped: " in w for w in warnings) == 1, name
     assert "Traceback" not in result.output
@@ -243,7 +243,7 @@ def test_default_model_is_the_newest_run(tmp_path, monkeypatch):
     os.utime(tmp_path / "runs" / "old" / "checkpoint.pt", (1e9, 1e9))
     result = run("encode", "x.png", "--out", "f.npy")
     assert result.exit_code == 0, result.output
-    assert f"model: {os.path.join('runs', 'new')} " in result.stderr
+    assert f"model: {os.path.join('runs', 'new')} " in result.stdout
 
 
 @pytest.mark.parametrize("command", ["encode", "reconstruct", "interpolate", "sample"])

@@ -104,4 +104,4 @@ def test_default_model_prefers_the_newest_export(exported, tmp_path, monkeypatch
     shutil.copytree(exported / "run", tmp_path / "runs" / "digits")
     result = run("encode", exported / "digits", "--out", "f.npy")
     assert result.exit_code == 0, result.output
-    assert f"model: {os.path.join('runs', 'digits', 'export')} (onnxruntime" in result.stderr
+    assert f"model: {os.path.join('runs', 'digits', 'export')} (onnxruntime" in result.stdout

@@ -103,10 +103,13 @@ RUNNING_SIDE = (
     "alitool/viz.py",  # pictures
     "alitool/io/pictures.py",
     "alitool/atomic.py",
+    "alitool/outputs.py",  # the one rule for every writer: checks, locks, stale temporaries
     "alitool/errors.py",
     "alitool/tensorrt_support.py",  # shared by export/tensorrt.py and the TensorRT backend
     "alitool/cpu_features.py",  # the INT8 backend's saturation warning reads the CPU's flags
     "alitool/runs.py",  # the default-model rule of every RUN command
+    "alitool/install.py",  # --version / doctor and the training commands' "needs the training stack" line
+    "alitool/api.py",  # the Python API (alitool.load): checkpoints only through load_backend's lazy dispatch
 )
 TRAINING_SIDE = (
     "torch",
@@ -130,6 +133,8 @@ RUNNING_SIDE_ALLOWED = {
     # pycuda / cuda-python), and so do the GPU's name and compute capability the sidecar check compares.
     ("alitool/backends/tensorrt_backend.py", "torch"),
     ("alitool/tensorrt_support.py", "torch"),
+    # alitool doctor asks torch about CUDA, when torch is installed.
+    ("alitool/install.py", "torch"),
 }
 
 LIBRARY_EXCEPT = ("alitool/cli.py", "alitool/commands/")

@@ -224,8 +224,8 @@ def test_export_raw_weights(tmp_path):
 def test_switch_values_and_games_without_them_are_refused():
     with pytest.raises(UserError, match="config key 'train.loss' is 'wgan'"):
         tiny("train.loss=wgan")
-    with pytest.raises(UserError, match=r"train.ema 1.0"):
-        ALIGame(tiny("train.ema=1.0"), CPU)
+    with pytest.raises(UserError, match=r"config key 'train.ema' is 1.0; expected a number in \[0, 1\)"):
+        tiny("train.ema=1.0")
     with pytest.raises(UserError, match="config key 'train.alice_norm' is 'l3'"):
         tiny("train.alice=1", "train.alice_norm=l3")
     mixture = ["model.latent_dim=2"]

@@ -38,9 +38,11 @@ def _parse_grid(text: str) -> tuple[float, ...]:
 @click.option("--dataset", default=None, help="Config name or YAML whose data section is evaluated on "
               "(default: the model's own training config).")
 @click.option("--data-dir", default="", help="Where the dataset's files are (default: the dataset's usual place).")
-@click.option("--labels", type=int, default=1000, show_default=True, help="Labelled examples per SVM (balanced).")
-@click.option("--repeats", type=int, default=100, show_default=True, help="SVMs on different labelled sets.")
-@click.option("--val-size", type=int, default=10000, show_default=True,
+@click.option("--labels", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Labelled examples per SVM (balanced).")
+@click.option("--repeats", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="SVMs on different labelled sets.")
+@click.option("--val-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Validation examples that choose C (disjoint from every labelled set and from test).")
 @click.option("--features", type=click.Choice(["paper", "mean"]), default="paper", show_default=True,
               help="paper: encoder output + last three hidden layers (section 4.3); mean: mu(x).")
@@ -48,7 +50,8 @@ def _parse_grid(text: str) -> tuple[float, ...]:
               help="Also run raw pixels and PCA (latent_dim components) under the same splits.")
 @click.option("--c-grid", default=",".join(f"{c:g}" for c in (1e-4, 1e-3, 1e-2, 1e-1, 1, 10)), show_default=True,
               help="Values of C tried on the validation split.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and labelled sets.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
+              help="Seed of the splits and labelled sets.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
               help="Inference runtime; auto picks it from the model file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda ...")
@@ -70,6 +73,9 @@ def svm(run, dataset, data_dir, labels, repeats, val_size, features, baselines, 
       alitool eval svm runs/digits --labels 100 --val-size 400 --repeats 20
       alitool eval svm runs/svhn --data-dir ~/data/svhn        # table 1 (paper: 19.14 +- 0.50 %)
     """
+    from alitool.install import require_training_stack
+
+    require_training_stack("alitool eval svm")
     from alitool.backends.opening import describe_model, open_model
     from alitool.evaluation.reports import default_report_path, svm_report, write_json
     from alitool.runs import newest_run
@@ -107,6 +113,9 @@ def classify(run, dataset, data_dir, z, device, out) -> None:
       alitool train fashion_mnist --set train.semi_supervised.labels=1000
       alitool eval classify runs/fashion-mnist-2
     """
+    from alitool.install import require_training_stack
+
+    require_training_stack("alitool eval classify")
     from alitool.evaluation.reports import classify_report, default_report_path, write_json
     from alitool.runs import newest_run
 

@@ -55,6 +55,9 @@ def mixture(runs, models, out, steps, jobs, paper_protocol, config, overrides) -
       alitool experiment mixture --paper-protocol --out runs/mixture-paper
       alitool experiment mixture --models ali --runs 2 --set train.update=simultaneous --out runs/ablation
     """
+    from alitool.install import require_training_stack
+
+    require_training_stack("alitool experiment mixture")
     from alitool.experiments.mixture_runs import FIGURE, RESULTS, TABLE, Experiment, parse_models
 
     wanted = parse_models(models)

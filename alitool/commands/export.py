@@ -25,7 +25,7 @@ from alitool.commands import user_errors
                    "or a folder of images / a .npy array.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs tensorrt and a CUDA GPU).")
 @click.option("--fp16", is_flag=True, help="TensorRT engines in FP16 (the encoder is INT8 with --int8).")
-@click.option("--batch", type=int, default=64, show_default=True,
+@click.option("--batch", type=click.IntRange(1, 65536), default=64, show_default=True,
               help="TensorRT optimization profile: batches 1..B, tuned for B.")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True,
               help="torch.onnx exporter; torchscript is the older one, several times faster on CPU.")
@@ -51,6 +51,9 @@ def export(run_or_checkpoint, out, int8, int8_scheme, calib, trt, fp16, batch, e
       alitool export --trt --fp16 --batch 256 # + TensorRT engines (GPU machine)
       alitool export runs/digits --raw-weights --out runs/digits/export-raw   # a train.ema run's raw weights
     """
+    from alitool.install import require_training_stack
+
+    require_training_stack("alitool export")
     from alitool.export.pipeline import ExportOptions, export_checkpoint
     from alitool.runs import newest_run
 

@@ -22,6 +22,7 @@ import click
 
 from alitool.backends import BACKEND_CHOICES
 from alitool.commands import user_errors
+from alitool.commands.numbers import MAX_MEGAPIXELS, SEED, FiniteFloatRange, MemoryCount
 from alitool.errors import UserError
 
 DEFAULT_WORKERS = min(8, os.cpu_count() or 2)
@@ -35,7 +36,8 @@ def model_options(fn):
                       help="Inference runtime; auto picks it from the model file.")(fn)
     fn = click.option("--model", default=None, metavar="PATH",
                       help="Run folder, checkpoint .pt, .onnx file or export folder, or TensorRT .engine "
-                           "(default: newest runs/*/export, else newest runs/*/checkpoint.pt).")(fn)
+                           "(default: newest runs/*/export, else newest runs/*/checkpoint.pt; with --backend "
+                           "torch the newest checkpoint, with onnx the newest export).")(fn)
     return fn
 
 
@@ -64,20 +66,29 @@ def input_options(fn):
                       help="Keep every K-th video frame.")(fn)
     fn = click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
                       help="Threads that decode and resize inputs while the model runs.")(fn)
-    fn = click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+    fn = click.option("--batch-size", type=MemoryCount(min=1), default=64, show_default=True,
                       help="Images per model call (the last batch is padded to this size).")(fn)
     return fn
 
 
 def _open_model(model: str | None, backend: str = "auto", device: str = "auto", need_decoder: str = ""):
-    """--model (or the default model) opened by the library, and its one "model: ..." line on stderr."""
+    """--model (or the default model for --backend, ``alitool.runs.default_model``) opened by the library, and its
+    one "model: ..." line on stdout."""
     from alitool.backends.opening import describe_model, open_model
     from alitool.runs import resolve_model
 
-    path = resolve_model(model)
+    path = resolve_model(model, backend=backend)
     loaded = open_model(path, backend, device, need_decoder)
-    click.echo(describe_model(path, loaded), err=True)
+    click.echo(describe_model(path, loaded))
     return loaded
+
+
+def _claim_out(out: Path, inputs=(), also=()) -> None:
+    """Before any work: ``--out`` checked (one line for a folder that cannot be written, an existing folder, an
+    input) and locked against a second alitool writer until the command ends (``alitool.outputs``)."""
+    from alitool.outputs import claim
+
+    click.get_current_context().call_on_close(claim(out, inputs=inputs, also=also).release)
 
 
 @contextmanager
@@ -105,10 +116,12 @@ def _seed(seed: int | None, backend) -> None:
     if seed is None:
         return
     import numpy as np
-    import torch
 
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    if getattr(backend, "name", "") == "torch":  # only a checkpoint needs torch; ONNX / TensorRT runs never import it
+        import torch
+
+        torch.manual_seed(seed)
     if isinstance(getattr(backend, "rng", None), np.random.Generator):
         backend.rng = np.random.default_rng(seed)
 
@@ -138,8 +151,8 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @dataset_options
 @click.option("--features", type=click.Choice(["mean", "z", "paper"]), default="mean", show_default=True,
               help="mean: posterior mean z_mean; z: a sample of q(z|x); paper: the section 4.3 SVM features.")
-@click.option("--seed", type=int, default=None, help="Seed for --features z.")
-@click.option("--max-megapixels", type=float, default=64.0, show_default=True,
+@click.option("--seed", type=SEED, default=None, help="Seed for --features z.")
+@click.option("--max-megapixels", type=FiniteFloatRange(0.001, MAX_MEGAPIXELS), default=64.0, show_default=True,
               help="Skip images larger than this (checked from the header, before decoding).")
 @click.option("--full-jpeg-decode", is_flag=True,
               help="Decode large JPEGs at full size before resizing (slower). By default, as in training and INT8 "
@@ -158,14 +171,16 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
     Examples:
       alitool encode photos/ --out feats.npy
       alitool encode "shots/**/*.jpg" list.txt clip.mp4 --stride 5 --out feats.npy --model runs/svhn
-      alitool encode folder/ --out feats.npy --model runs/svhn/export/encoder.int8.onnx --features paper
+      alitool encode folder/ --out feats.npy --model runs/svhn/export/encoder.int8.onnx   # INT8: z only
+      alitool encode folder/ --out paper.npy --model runs/svhn/export --features paper
       alitool encode --dataset test --out feats.npy --model runs/digits-cond   # conditional: labels as y
       alitool encode photos/ --attrs Male,Smiling --out feats.npy --model runs/celeba
     """
     from alitool.encoding.encode import encode_to_npy
-    from alitool.encoding.feature_files import index_path_for
+    from alitool.encoding.feature_files import check_features_path, index_path_for
 
     _sources_or_dataset(sources, dataset_split)
+    _claim_out(check_features_path(out), sources, also=[index_path_for(out)])
     loaded = _open_model(model, backend, device)
     _seed(seed, loaded)
     if dataset_split:
@@ -194,7 +209,7 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
 @input_options
 @condition_options
 @dataset_options
-@click.option("--n", "n", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--n", "n", type=MemoryCount(min=1), default=32, show_default=True,
               help="Inputs shown in a PNG grid (the first N).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @user_errors
@@ -216,6 +231,7 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
 
     _sources_or_dataset(sources, dataset_split)
     kind = check_picture_path(out, allow_video=not dataset_split)
+    _claim_out(out, sources)
     loaded = _open_model(model, backend, device, need_decoder="reconstruct")
     if dataset_split:
         from alitool.conditional_run import dataset_reconstruction_grid, fixed_condition
@@ -241,7 +257,7 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
 @click.argument("endpoints", nargs=-1, required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Picture file (.png).")
 @model_options
-@click.option("--steps", type=click.IntRange(min=2), default=8, show_default=True,
+@click.option("--steps", type=MemoryCount(min=2), default=8, show_default=True,
               help="Decoded points from z(A) to z(B), both ends included.")
 @condition_options
 @user_errors
@@ -260,6 +276,7 @@ def interpolate(endpoints, out, model, backend, device, steps, class_, attrs) ->
     from alitool.io.pictures import check_picture_path, interpolation_grid
 
     check_picture_path(out)
+    _claim_out(out, endpoints)
     loaded = with_fixed_condition(_open_model(model, backend, device, need_decoder="interpolate"), class_, attrs,
                                   "interpolate")
     rows = interpolation_grid(loaded, list(endpoints), out, steps=steps)
@@ -269,14 +286,14 @@ def interpolate(endpoints, out, model, backend, device, steps, class_, attrs) ->
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Picture file (.png).")
 @model_options
-@click.option("--n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the prior draws z ~ N(0, I).")
+@click.option("--n", "n", type=MemoryCount(min=1), default=64, show_default=True, help="Number of samples.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the prior draws z ~ N(0, I).")
 @condition_options
 @click.option("--grid", "grid", default=None, metavar="COLUMNS",
               help="Conditional models, figure 7: one fixed z per row, one y per column. Classes: 'all' or a list "
                    "(0,3,7). Attributes: 'A,B,C' (columns: none, A, B, C) or 'A;B,C;D' (each column's set); "
                    "--attrs is switched on in every column.")
-@click.option("--rows", type=click.IntRange(min=1), default=8, show_default=True, help="Rows (z draws) of --grid.")
+@click.option("--rows", type=MemoryCount(min=1), default=8, show_default=True, help="Rows (z draws) of --grid.")
 @user_errors
 def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> None:
     """Decode N draws from the prior z ~ N(0, I) into a grid.
@@ -298,6 +315,7 @@ def sample(out, model, backend, device, n, seed, class_, attrs, grid, rows) -> N
     from alitool.io.pictures import check_picture_path, sample_grid
 
     check_picture_path(out)
+    _claim_out(out)
     loaded = _open_model(model, backend, device, need_decoder="sample")
     condition = condition_of(loaded.meta)
     if grid is None and condition is not None and condition.kind == "class" and class_ is None and attrs is None:

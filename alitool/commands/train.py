@@ -8,27 +8,29 @@ from pathlib import Path
 import click
 
 from alitool.commands import user_errors
+from alitool.config import SEED_MAX
 from alitool.contract.names import LOSS_PLOT, METRICS, RECONSTRUCTIONS_DIR, SAMPLES_DIR
 from alitool.runs import NEWEST
 
 
 @click.command()
-@click.argument("dataset", default="digits")
+@click.argument("dataset", required=False, default=None)  # None: digits, or the run that --resume names
 @click.option("--data-dir", default="", help="Where the dataset's files are (default: the dataset's usual place).")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Run folder (default: runs/<name>, then runs/<name>-2, ...).")
-@click.option("--epochs", type=int, default=None, help="Number of epochs (overrides train.epochs).")
-@click.option("--batch-size", type=int, default=None, help="Batch size (overrides train.batch_size).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps in total (smoke tests).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (overrides train.epochs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (overrides train.batch_size).")
+@click.option("--max-steps", type=click.IntRange(min=0), default=None,
+              help="Stop after this many steps in total (smoke tests).")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-@click.option("--seed", type=int, default=None, help="Random seed (overrides train.seed).")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None, help="Random seed (overrides train.seed).")
 @click.option("--resume", "resume", is_flag=False, flag_value=NEWEST, default=None, metavar="[RUN]",
               help="Continue a run from its last checkpoint (default: the newest run of DATASET).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.lr=2e-4 --set model.latent_dim=32.")
-@click.option("--nproc", type=int, default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Data-parallel processes on this machine (DistributedDataParallel through torchrun).")
-@click.option("--threads", type=int, default=0,
+@click.option("--threads", type=click.IntRange(0, 4096), default=0,
               help="CPU threads for PyTorch (default: PyTorch's choice). On a busy machine 1 can be much faster.")
 @click.option("--conditional", is_flag=True,
               help="Conditional ALI (paper section 4.4): condition on the dataset's classes or CelebA's attributes "
@@ -49,6 +51,9 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
       alitool train celeba --conditional            # conditional ALI on the 40 attributes (section 4.4)
       torchrun --nproc-per-node 4 -m alitool.cli train svhn --out runs/svhn-ddp   # or torchrun directly
     """
+    from alitool.install import require_training_stack
+
+    require_training_stack("alitool train")
     from alitool.runs import DEFAULT_ROOT, new_run_dir
     from alitool.trainers import distributed
     from alitool.trainers.resume import run_config
@@ -79,6 +84,10 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     if run_dir is None:  # a fresh run: rank 0 picks the folder, every process uses it
         run_dir = out or distributed.broadcast_object(new_run_dir(cfg.name, DEFAULT_ROOT) if dist.is_main else None,
                                                       dist)
+    if dist.is_main:  # one training process per run folder: a second one gets one line (alitool.outputs)
+        from alitool.trainers.resume import claim_run_folder
+
+        click.get_current_context().call_on_close(claim_run_folder(run_dir, fresh=resume is None).release)
 
     from alitool.trainers.loop import Trainer
 

@@ -9,7 +9,8 @@ pixels and the model's value range, and the reparametrisation of a Gaussian enco
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -47,10 +48,71 @@ class ModelMeta:
 
     @staticmethod
     def from_json(text: str) -> ModelMeta:
+        """The metadata of a file, checked as user input is (a file can be edited): ValueError naming the first
+        entry of the wrong type or out of range."""
         values = json.loads(text)
-        values["value_range"] = tuple(values.get("value_range", (0.0, 1.0)))
-        values["y_names"] = tuple(values.get("y_names", ()))
+        if not isinstance(values, dict):
+            raise ValueError("the metadata is not a JSON object")
+        unknown = sorted(set(values) - {f.name for f in fields(ModelMeta)})
+        if unknown:
+            raise ValueError(f"unknown entries {', '.join(map(repr, unknown))}")
+        for key in ("name", "image_size", "channels", "latent_dim", "feature_dim"):
+            if key not in values:
+                raise ValueError(f"{key} is missing")
+        _check_int(values, "image_size", 0, 8192)
+        _check_int(values, "channels", 1, 4096)
+        _check_int(values, "latent_dim", 1, 1_000_000)
+        _check_int(values, "feature_dim", 1, 100_000_000)
+        _check_int(values, "y_dim", 0, 1_000_000)
+        for key in ("name", "version", "source_sha256", "y_kind", "weights"):
+            if key in values and not isinstance(values[key], str):
+                raise ValueError(f"{key} must be a string, not {values[key]!r:.40}")
+        for key in ("has_encoder", "has_decoder"):
+            if key in values and not isinstance(values[key], bool):
+                raise ValueError(f"{key} must be true or false, not {values[key]!r:.40}")
+        if not isinstance(values.get("config", {}), dict):
+            raise ValueError("config must be a JSON object")
+        if values.get("y_kind", "") not in ("", "class", "attributes"):
+            raise ValueError(f"y_kind must be '', 'class' or 'attributes', not {values['y_kind']!r:.40}")
+        names = values.get("y_names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("y_names must be a list of strings")
+        values["y_names"] = tuple(names)
+        values["value_range"] = _value_range(values.get("value_range", [0.0, 1.0]))
+        _check_against_config(values)
         return ModelMeta(**values)
+
+
+def _check_int(values: dict, key: str, low: int, high: int) -> None:
+    value = values.get(key, low)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be a whole number in [{low}, {high}], not {value!r:.40}")
+
+
+def _check_against_config(values: dict) -> None:
+    """The entries that repeat the training config (``config``, when the file has one) must agree with it; an
+    image model trained by alitool sees pixels in [0, 1] (the training loader's k / 255)."""
+    config = values.get("config") or {}
+    data, model = config.get("data"), config.get("model")
+    if isinstance(data, dict):
+        for key in ("image_size", "channels"):
+            if key in data and data[key] != values[key]:
+                raise ValueError(f"{key} is {values[key]} but the training config says {data[key]!r:.40}")
+        if values["image_size"] and values["value_range"] != (0.0, 1.0):
+            raise ValueError(f"value_range is {list(values['value_range'])} but the training config's images are "
+                             "pixels in [0, 1]")
+    if isinstance(model, dict) and "latent_dim" in model and model["latent_dim"] != values["latent_dim"]:
+        raise ValueError(f"latent_dim is {values['latent_dim']} but the training config says "
+                         f"{model['latent_dim']!r:.40}")
+
+
+def _value_range(value: Any) -> tuple[float, float]:
+    """Two finite numbers, low < high."""
+    ok = (isinstance(value, (list, tuple)) and len(value) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+    if not ok or not value[0] < value[1]:
+        raise ValueError(f"value_range must be two finite numbers [low, high] with low < high, not {value!r:.60}")
+    return float(value[0]), float(value[1])
 
 
 def meta_from_metadata(values: dict[str, str], where: object) -> ModelMeta:
@@ -61,8 +123,8 @@ def meta_from_metadata(values: dict[str, str], where: object) -> ModelMeta:
         raise UserError(f"{where}: a model file without alitool metadata; export it with `alitool export`")
     try:
         return ModelMeta.from_json(values[META_KEY])
-    except (ValueError, TypeError, KeyError) as err:
-        raise UserError(f"{where}: unreadable alitool metadata ({err})") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
+        raise UserError(f"{where}: unreadable alitool metadata ({' '.join(str(err).split())[:200]})") from None
 
 
 def to_model_range(unit: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:

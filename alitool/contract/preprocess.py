@@ -56,7 +56,16 @@ CONTRACT_VERSION = 1
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
 # A 20000x20000 RGB image is 1.2 GB decoded; refuse such files before decoding them, from their header.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+# The largest limit anyone may ask for (--max-megapixels): also OpenCV's own decode-size guard, which it reads
+# from the environment when cv2 is first imported (``cv2_module``), a second line of defence for every format.
+MAX_PIXELS_CEILING = 256 * 1024 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# Decoded pixels of all threads together: a decode reserves its worst case (pixels x 3 channels x 4 bytes) and
+# waits while the others hold the rest, so W threads never decode W limit-sized images at once. One image larger
+# than the budget (up to the pixel limit) still decodes, alone.
+DECODE_BUDGET_BYTES = 768 * 1024 * 1024
+_OPENCV_GUARD = "OPENCV_IO_MAX_IMAGE_PIXELS"
+os.environ.setdefault(_OPENCV_GUARD, str(MAX_PIXELS_CEILING))  # before anything of ours imports cv2
 CROP_POLICIES = ("center", "stretch")
 
 
@@ -76,6 +85,8 @@ class Preprocess:
     def __post_init__(self):
         if self.crop not in CROP_POLICIES:
             raise ValueError(f"crop must be one of {', '.join(CROP_POLICIES)}, not {self.crop!r}")
+        if not 1 <= self.max_pixels <= MAX_PIXELS_CEILING:
+            raise ValueError(f"max_pixels must be in [1, {MAX_PIXELS_CEILING}], not {self.max_pixels}")
 
     @staticmethod
     def from_config(data, max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_draft: bool = True) -> Preprocess:
@@ -136,17 +147,33 @@ class Preprocess:
 # 1. Bytes.
 
 
+def cv2_module():
+    """OpenCV, imported the way every decoder of ours needs it: its decode-size guard
+    (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when cv2 loads) at ``MAX_PIXELS_CEILING`` and its own log
+    silenced (libpng / libjpeg warnings go through it). Importing this module already sets the guard."""
+    os.environ.setdefault(_OPENCV_GUARD, str(MAX_PIXELS_CEILING))
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read when cv2 loads
+    import cv2
+
+    global _QUIETED
+    if not _QUIETED:
+        _QUIETED = True
+        try:
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        except AttributeError:  # older builds without the logging submodule
+            pass
+    return cv2
+
+
+_QUIETED = False
+
+
 def quiet_opencv() -> None:
     """Silence OpenCV's and FFmpeg's own stderr chatter ("PNG input buffer is incomplete", "moov atom not
     found"): each bad input must give exactly one line, ours. Also keep OpenCV single-threaded per call,
     because the callers already decode one image per worker thread."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET; read when FFmpeg is first used
-    import cv2
-
-    try:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # older builds without the logging submodule
-        pass
+    cv2 = cv2_module()
     cv2.setNumThreads(1)
 
 
@@ -157,6 +184,8 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes
         info = os.stat(path)
     except OSError as err:
         raise BadInput(os_reason(err)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise BadInput("a folder, not an image file")
     if not stat.S_ISREG(info.st_mode):
         raise BadInput("not a regular file (a socket, FIFO or device cannot be read as an image)")
     if info.st_size == 0:
@@ -184,29 +213,45 @@ def os_reason(err: OSError) -> str:
 # Pillow reports oversized headers through the process-wide warnings machinery; reading a header is quick,
 # so one lock keeps this module's own threads from interleaving their catch_warnings blocks.
 _PIL_LOCK = threading.Lock()
+# The formats OpenCV decodes whose headers Pillow reads (OpenCV picks its decoder by content, never by the
+# name). Pillow's other readers accept almost any bytes (TGA has no signature) and are never asked.
+_PIL_FORMATS = ("BMP", "DIB", "TIFF", "WEBP", "GIF", "SUN", "JPEG2000", "AVIF", "PPM")
 
 
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding pixels; other formats via Pillow's lazy
-    header reader when it is installed; None when unknown. A header over Pillow's decompression-bomb limit is
-    BadInput (over the limit), without touching Pillow's settings."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+    """(width, height) from the header of any format OpenCV decodes, without decoding pixels: PNG, JPEG, Radiance
+    HDR, PNM / PAM / PFM here, the others through Pillow's lazy header reader (restricted to formats OpenCV
+    decodes); None when unknown (``decode`` refuses such bytes). A JPEG or PNG whose header is malformed is
+    BadInput. A header over Pillow's decompression-bomb limit is BadInput (over the limit), without touching
+    Pillow's settings."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 33 or data[8:16] != b"\x00\x00\x00\rIHDR":
+            raise BadInput("not a valid PNG (no image header)")
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"\xff\xd8":
-        return _jpeg_dimensions(data)
+        size = _jpeg_dimensions(data)
+        if size is None:
+            raise BadInput("not a valid JPEG (no frame header before the image data)")
+        return size
+    if data[:2] in (b"#?",):
+        return _radiance_dimensions(data)
+    if data[:1] == b"P" and data[1:2] in b"1234567Ff" and len(data) > 2:
+        return _pnm_dimensions(data)
     try:
         from PIL import Image
     except ImportError:
         return None
     try:
+        Image.init()
+        formats = [f for f in _PIL_FORMATS if f in Image.OPEN]
         with _PIL_LOCK, warnings.catch_warnings(record=True):
             warnings.simplefilter("always", Image.DecompressionBombWarning)  # recorded, never printed
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=formats) as im:
                 return im.size
     except Image.DecompressionBombError:
         raise BadInput(f"image is over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} Mpixel by its header, "
                        f"over the limit") from None
-    except Exception:  # noqa: BLE001 - any other failure just means "size unknown"; OpenCV decides next
+    except Exception:  # noqa: BLE001 - any other failure just means "size unknown"
         return None
 
 
@@ -215,29 +260,122 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 
 
 def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    return _jpeg_header(data)[0]
+
+
+def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
+    """The frame header's size, walking the markers as libjpeg does, and the stray byte ranges found on the way:
+    bytes between segments are skipped up to the next 0xFF (libjpeg's "extraneous bytes before marker"), so they
+    cannot hide the frame header. A frame header must be well formed (length 8 + 3 x components, precision
+    8/12/16, 1 to 4 components)."""
     pos, n = 2, len(data)
+    stray: list[tuple[int, int]] = []
     while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
+        if data[pos] != 0xFF:  # garbage between segments: libjpeg skips to the next marker
+            nxt = data.find(b"\xff", pos)
+            if nxt < 0:
+                return None, stray
+            stray.append((pos, nxt))
+            pos = nxt
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+        if marker in (0x00, 0x01, *range(0xD0, 0xD8)):  # stuffed byte or markers without a length
             pos += 2
             continue
+        if marker in (0xD8, 0xD9, 0xDA):  # another SOI, EOI or start of scan before any frame header
+            return None, stray
         length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
-        if marker in _SOF_MARKERS and pos + 9 <= n:
+        if length < 2:
+            return None, stray
+        if marker in _SOF_MARKERS:
+            if pos + 10 > n:
+                return None, stray
+            precision = data[pos + 4]
             height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        if marker == 0xDA:  # start of scan before any frame header: not a valid JPEG
-            return None
+            components = data[pos + 9]
+            if precision not in (8, 12, 16) or not 1 <= components <= 4 or length != 8 + 3 * components:
+                return None, stray
+            return (width, height), stray
         pos += 2 + length
-    return None
+    return None, stray
+
+
+def _radiance_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Radiance HDR: text lines after ``#?RADIANCE`` / ``#?RGBE`` up to a blank line, then ``-Y H +X W`` (any
+    of the eight orientations)."""
+    head = data[:65536]
+    end = head.find(b"\n\n")
+    if end < 0:
+        return None
+    line = head[end + 2 :].split(b"\n", 1)[0].split()
+    if len(line) != 4 or line[0][1:] not in (b"X", b"Y") or line[2][1:] not in (b"X", b"Y"):
+        return None
+    try:
+        first, second = int(line[1]), int(line[3])
+    except ValueError:
+        return None
+    return (second, first) if line[0][1:] == b"Y" else (first, second)
+
+
+def _pnm_dimensions(data: bytes) -> tuple[int, int] | None:
+    """PBM / PGM / PPM (P1-P6), PFM (PF, Pf): the first two numbers after the magic, comments skipped; PAM (P7):
+    its WIDTH and HEIGHT lines."""
+    head = data[:4096]
+    if head[1:2] == b"7":
+        fields = dict(line.split(None, 1) for line in head.split(b"ENDHDR")[0].splitlines()[1:]
+                      if len(line.split(None, 1)) == 2 and not line.startswith(b"#"))
+        try:
+            return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+        except (KeyError, ValueError):
+            return None
+    tokens = []
+    for line in head[2:].splitlines():
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= 2:
+            break
+    try:
+        return int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. Decoding.
+
+
+class _DecodeBudget:
+    """Bytes of decoded pixels in flight across threads (``DECODE_BUDGET_BYTES``)."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, amount: int) -> int:
+        with self.cond:
+            self.cond.wait_for(lambda: self.used == 0 or self.used + amount <= self.total)
+            self.used += amount
+        return amount
+
+    def release(self, amount: int) -> None:
+        with self.cond:
+            self.used -= amount
+            self.cond.notify_all()
+
+
+_BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES)
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str = "image") -> None:
+    """BadInput when a ``width`` x ``height`` picture is empty or over ``max_pixels``: the one limit of every
+    reader (image files, archive members, video frames), checked before the pixels are allocated."""
+    if width <= 0 or height <= 0:
+        raise BadInput(f"the header says the {what} is {width}x{height}")
+    if width * height > max_pixels:
+        raise BadInput(f"{what} is {width}x{height} ({width * height / 1e6:.0f} Mpixel), over the "
+                       f"{max_pixels / 1e6:.0f} Mpixel limit")
 
 
 def decode(data: bytes, pre: Preprocess) -> np.ndarray:
@@ -249,35 +387,56 @@ def decode(data: bytes, pre: Preprocess) -> np.ndarray:
     and CMYK JPEGs by libjpeg; 16-bit PNGs and TIFFs keep their 16 bits. With ``pre.jpeg_draft``, large JPEGs
     are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (DCT scaling) when the result still has twice the model's
     resolution: several times faster, and within about 1/255 of the full decoding once resized
-    (tests/test_sources.py measures it)."""
-    import cv2
+    (tests/test_sources.py measures it).
+
+    The size comes from the header before any pixel is decoded and must be within ``pre.max_pixels``; bytes
+    whose header gives no size are refused, a decoded image whose size differs from its header is refused, and
+    so is a float image with NaN or infinite values."""
+    cv2 = cv2_module()
 
     if not data:
         raise BadInput("empty file (0 bytes)")
     size = image_dimensions(data)
-    if size is not None:
-        width, height = size
-        if width == 0 or height == 0:
-            raise BadInput(f"the header says the image is {width}x{height}")
-        if width * height > pre.max_pixels:
-            raise BadInput(
-                f"image is {width}x{height} ({width * height / 1e6:.0f} Mpixel), over the "
-                f"{pre.max_pixels / 1e6:.0f} Mpixel limit (--max-megapixels)"
-            )
+    if size is None:
+        raise BadInput("cannot be decoded as an image (not an image format whose size can be read from its "
+                       "header: truncated, corrupt, or not an image file)")
+    width, height = size
+    check_pixels(width, height, pre.max_pixels)
     gray = pre.channels == 1
     flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    if pre.jpeg_draft and size is not None and data[:2] == b"\xff\xd8":
+    reduce = 1
+    if data[:2] == b"\xff\xd8":
+        stray = _jpeg_header(data)[1]
+        if stray:  # dropped here, as libjpeg would, but without its "Corrupt JPEG data" line on stderr
+            keep, last = [], 0
+            for begin, end in stray:
+                keep.append(data[last:begin])
+                last = end
+            data = b"".join(keep) + data[last:]
+    if pre.jpeg_draft and data[:2] == b"\xff\xd8":
         reduce = jpeg_reduction(min(size), pre.image_size)
         if reduce > 1:
             flags = _REDUCED[(reduce, gray)](cv2)
     if flags in (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_COLOR):
         flags |= cv2.IMREAD_ANYDEPTH  # keep 16-bit PNG / TIFF precision until after the resize
+    held = _BUDGET.acquire(width * height * 12)
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error as err:
-        raise BadInput(f"cannot be decoded ({str(err).strip().splitlines()[-1][:80]})") from None
+        if "CV_IO_MAX_IMAGE" in str(err):
+            raise BadInput(f"image is over the {MAX_PIXELS_CEILING / 1e6:.0f} Mpixel decoder limit") from None
+        raise BadInput(f"cannot be decoded ({' '.join(str(err).split())[-120:]})") from None
+    finally:
+        _BUDGET.release(held)
     if image is None or image.size == 0:
         raise BadInput("cannot be decoded as an image (truncated, corrupt, or not an image file)")
+    got = sorted(image.shape[:2])
+    want = sorted((-(-width // reduce), -(-height // reduce)))
+    if got != want:
+        raise BadInput(f"the header says {width}x{height} but the decoder gave {image.shape[1]}x{image.shape[0]} "
+                       "(corrupt or crafted file)")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise BadInput("contains NaN or infinite values")
     return image
 
 

@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from alitool.atomic import atomic_write_bytes
-from alitool.contract.preprocess import IMAGE_EXTENSIONS, BadInput, Preprocess, decode_pixels
+from alitool.contract.preprocess import (
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    BadInput,
+    Preprocess,
+    decode_pixels,
+    read_file,
+)
 from alitool.errors import UserError
 
 CACHE_ENV = "ALITOOL_CACHE"
@@ -36,6 +43,10 @@ CACHE_MIN_IMAGES = 5000  # below this, decoding takes seconds and a cache file i
 # v2: the contract's preprocessing (16-bit files rounded after resizing instead of truncated before it, large
 # JPEGs decoded at reduced scale, the crop policy): arrays cached by v1 may differ, so they are not reused.
 CACHE_FORMAT = "v2"
+# An archive member that inflates more than this many times over its stored size, past a few MiB, is a
+# decompression bomb, not a photo (JPEGs and PNGs barely compress further).
+MAX_MEMBER_RATIO = 100
+_RATIO_MIN_BYTES = 8 * 1024 * 1024
 
 
 def cache_dir() -> Path:
@@ -81,9 +92,29 @@ class ImageSource:
         return (self.root / name).is_file()
 
     def read(self, name: str) -> bytes:
+        """The bytes of any listed file (a label file, say); OSError / KeyError when unreadable."""
         if self.zip is not None:
             return self.zip.read(name)  # checks the member's CRC: a corrupt member raises, never half-decodes
         return (self.root / name).read_bytes()
+
+    def read_image(self, name: str) -> bytes:
+        """The bytes of one image, or BadInput: a member or file over ``MAX_FILE_BYTES``, a member that
+        inflates over ``MAX_MEMBER_RATIO`` times (checked from the archive's directory, before inflating), a
+        file that is not a regular file."""
+        if self.zip is None:
+            return read_file(self.root / name)
+        info = self.zip.getinfo(name)
+        if info.file_size > MAX_FILE_BYTES:
+            raise BadInput(f"archive member is {info.file_size / 2**20:.0f} MiB, over the "
+                           f"{MAX_FILE_BYTES / 2**20:.0f} MiB limit")
+        if info.file_size > _RATIO_MIN_BYTES and info.file_size > MAX_MEMBER_RATIO * max(1, info.compress_size):
+            raise BadInput(f"archive member inflates from {info.compress_size} bytes to {info.file_size} "
+                           f"(over {MAX_MEMBER_RATIO}x: a decompression bomb)")
+        with self.zip.open(info) as member:  # checks the member's CRC: a corrupt member raises, never half-decodes
+            data = member.read(info.file_size + 1)
+        if len(data) > info.file_size:
+            raise BadInput("archive member is longer than its directory entry says (corrupt or crafted)")
+        return data
 
     def fingerprint(self, names: Sequence[str]) -> str:
         """Changes when any listed file (or the archive) changes: the cache key's content part."""
@@ -118,7 +149,9 @@ def decode_all(source: ImageSource, names: Sequence[str], size: int, channels: i
 
     def work(i: int) -> str | None:
         try:
-            data = source.read(names[i])
+            data = source.read_image(names[i])
+        except BadInput as err:
+            return f"{source}/{names[i]}: {err}; skipped"
         except (OSError, zipfile.BadZipFile, KeyError, ValueError) as err:
             return f"{source}/{names[i]}: cannot read ({' '.join(str(err).split())}); skipped"
         try:

@@ -2,7 +2,10 @@
 feature vector) as a float32 ``.npy``, and its index CSV naming the source of every row.
 
 Both are written into hidden temporary files beside their targets (``alitool.atomic``) and land together on
-``commit``; a failed or interrupted run removes them and leaves any previous output untouched.
+``commit`` (``alitool.atomic.commit_together``: the index first, then the .npy as the commit point, the previous
+index restored if that last rename fails); a failed or interrupted run removes them and leaves any previous pair
+untouched. ``FeatureFiles`` claims ``--out`` first (``alitool.outputs``: one-line errors for a destination that
+cannot be written, a lock against a second writer, stale temporaries of a killed run removed).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alitool.atomic import commit, discard, temp_beside
+from alitool.atomic import commit, commit_together, discard, temp_beside
 from alitool.encoding.decoding import Record
 from alitool.errors import UserError
 
@@ -80,14 +83,32 @@ class NpyRowWriter:
         window._mmap.close()  # unmap now, not whenever the garbage collector gets to it
         self.rows = end
 
-    def commit(self) -> None:
+    def finish(self) -> None:
+        """The final size and header, before the file is renamed into place."""
         self._file.truncate(self._offset + self.rows * self.dim * 4)
         if self._write_header(self.rows) != self._offset:  # cannot happen with NumPy's padded header
             raise RuntimeError("the .npy header changed length")
+
+    def commit(self) -> None:
+        self.finish()
         commit(self.tmp, self.path, self._file)
 
     def abort(self) -> None:
         discard(self.tmp, self._file)
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def index_cell(name: str) -> str:
+    """A source name as the index writes it: always valid UTF-8 (bytes of a file name that are not UTF-8, carried
+    by Python as surrogate escapes, become %XX: ``caf\\xe9.jpg`` -> ``caf%E9.jpg``), and a name that starts
+    with = + - @, a tab or a carriage return gets a leading ' so that no spreadsheet runs it as a formula."""
+    if any("\udc80" <= ch <= "\udcff" for ch in name):
+        name = "".join(f"%{ord(ch) - 0xDC00:02X}" if "\udc80" <= ch <= "\udcff" else ch for ch in name)
+    name = name.encode("utf-8", "replace").decode("utf-8")  # any other lone surrogate
+    return "'" + name if name.startswith(_FORMULA_STARTS) else name
 
 
 class IndexWriter:
@@ -108,7 +129,7 @@ class IndexWriter:
         for record in records:
             time_s = "" if record.time_s is None or math.isnan(record.time_s) else f"{record.time_s:.6f}"
             frame = "" if record.frame is None else record.frame
-            self._csv.writerow((self.rows, record.source, frame, time_s))
+            self._csv.writerow((self.rows, index_cell(record.source), frame, time_s))
             self.rows += 1
 
     def commit(self) -> None:
@@ -122,13 +143,17 @@ class FeatureFiles:
     """The features ``.npy`` and its index CSV, written as a pair: ``commit()`` lands both; leaving the ``with``
     block on an exception removes both temporary files, so a failed run never leaves half a result."""
 
-    def __init__(self, out: str | Path):
-        self.out = Path(out)
-        if self.out.suffix.lower() != ".npy":
-            raise UserError(f"--out {self.out}: the features file must end in .npy")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, out: str | Path, inputs=()):
+        from alitool.outputs import claim
+
+        self.out = check_features_path(out)
+        self.claim = claim(self.out, inputs=inputs, also=[index_path_for(self.out)])
         self.npy: NpyRowWriter | None = None  # opened at the first batch, when the feature width is known
-        self.index = IndexWriter(index_path_for(self.out))
+        try:
+            self.index = IndexWriter(index_path_for(self.out))
+        except OSError as err:
+            self.claim.release()
+            raise UserError(f"--out {self.out}: cannot write beside it ({err.strerror or err})") from None
 
     @property
     def rows(self) -> int:
@@ -141,15 +166,39 @@ class FeatureFiles:
         self.index.append(records)
 
     def commit(self, report: RunReport) -> None:
+        """Land the index and the .npy as one step (``commit_together``): both new, or both as they were."""
+        from alitool.outputs import check_destination
+
         report.rows, report.dim = self.npy.rows, self.npy.dim
-        self.npy.commit()
-        self.index.commit()
+        self.npy.finish()
+        for path in (self.index.path, self.out):  # a folder made under either name during the run
+            check_destination(path)
+        try:
+            commit_together([(self.index.tmp, self.index.path, self.index._file),
+                             (self.npy.tmp, self.npy.path, self.npy._file)])
+        except OSError as err:
+            raise UserError(f"--out {self.out}: cannot write it ({err.strerror or err}); the previous "
+                            f"{self.out.name} and {self.index.path.name}, if any, are untouched") from None
 
     def __enter__(self) -> FeatureFiles:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            if self.npy is not None:
-                self.npy.abort()
-            self.index.abort()
+        try:
+            if exc_type is not None:
+                if self.npy is not None:
+                    self.npy.abort()
+                self.index.abort()
+        finally:
+            self.claim.release()
+
+
+def check_features_path(out: str | Path) -> Path:
+    """``--out`` of ``encode``: a name ending in .npy, with something before the extension."""
+    out = Path(out)
+    if not out.name.lower().endswith(".npy"):
+        raise UserError(f"--out {out}: the features file must end in .npy")
+    if out.name.lower() == ".npy":
+        raise UserError(f"--out {out}: the features file needs a name before .npy (e.g. "
+                        f"{out.with_name('feats.npy')})")
+    return out

@@ -67,6 +67,9 @@ def parse_frame_ref(text: str) -> tuple[str, int] | None:
 
 
 def _expand(text: str, stride: int, allow_lists: bool) -> Iterator[Input]:
+    if "\0" in text:
+        yield Skipped(text.replace("\0", "\\0"), "a path cannot contain a NUL byte")
+        return
     ref = parse_frame_ref(text)
     if ref is not None:
         if not os.path.lexists(ref[0]):
@@ -152,19 +155,37 @@ def _classify(path: str, info: os.stat_result, stride: int, allow_lists: bool) -
         yield Skipped(path, f"unknown file type {kind}: not an image, a video or a .txt path list")
 
 
+_MAX_LINE = 65536  # no path is this long: a longer line is binary junk, skipped without being held
+
+
 def _read_list(list_path: str, stride: int) -> Iterator[Input]:
     base = os.path.dirname(list_path)
     entries = 0
     try:
         with open(list_path, encoding="utf-8", errors="surrogateescape") as f:
-            for raw in f:  # streamed: a list of millions of paths is never held in memory
+            number = 0
+            while True:  # streamed: a list of millions of paths is never held in memory
+                raw = f.readline(_MAX_LINE)
+                if not raw:
+                    break
+                number += 1
+                where = f"{list_path}:{number}"
+                if len(raw) >= _MAX_LINE and not raw.endswith("\n"):
+                    while raw and not raw.endswith("\n"):  # the rest of the over-long line
+                        raw = f.readline(_MAX_LINE)
+                    entries += 1
+                    yield Skipped(where, f"a line over {_MAX_LINE} characters is not a path (a binary file?)")
+                    continue
                 line = raw.strip()
                 if not line or line.startswith("#"):
                     continue
                 entries += 1
+                if "\0" in line:
+                    yield Skipped(where, "the line contains a NUL byte: not a path (a binary file?)")
+                    continue
                 yield from _expand(line if os.path.isabs(line) else os.path.join(base, line), stride, False)
-    except OSError as err:
-        yield Skipped(list_path, f"cannot read the path list: {os_reason(err)}")
+    except (OSError, ValueError) as err:
+        yield Skipped(list_path, f"cannot read the path list: {os_reason(err) if isinstance(err, OSError) else err}")
         return
     if not entries:
         yield Skipped(list_path, "the path list is empty")

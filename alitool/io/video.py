@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from alitool.atomic import commit, discard, temp_beside
-from alitool.contract.preprocess import os_reason
+from alitool.contract.preprocess import DEFAULT_MAX_PIXELS, check_pixels, os_reason
 from alitool.errors import UserError
 from alitool.io import BadInput
 
@@ -48,10 +48,10 @@ class VideoFrames:
     stopped well short of the frame count in its header (the frames read are still good). A video with no
     frame at all raises BadInput at the first ``next``."""
 
-    def __init__(self, path: str | Path, stride: int = 1):
+    def __init__(self, path: str | Path, stride: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS):
         if stride < 1:
             raise UserError(f"--stride must be at least 1, not {stride}")
-        self.path, self.stride = str(path), stride
+        self.path, self.stride, self.max_pixels = str(path), stride, max_pixels
         self.frames_seen = 0
         self.reported_frames = 0
         self.fps = 0.0
@@ -64,6 +64,10 @@ class VideoFrames:
         try:
             self.fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
             self.reported_frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+            # the frame size from the stream's header, before any frame is allocated (the images' pixel limit)
+            width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            if width > 0 and height > 0:  # 0: unknown to this backend until a frame is read
+                check_pixels(width, height, self.max_pixels, what="video frame")
             index = 0
             while True:
                 if index % self.stride == 0:
@@ -117,10 +121,17 @@ class AtomicVideoWriter:
         if suffix not in _FOURCC:
             raise UserError(f"{self.path}: cannot write {suffix or 'extension-less'} videos; use one of "
                             f"{', '.join(_FOURCC)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from alitool.outputs import claim
+
+        self.writer = None
+        self.claim = claim(self.path)  # one line for a folder that cannot be written, a lock against a 2nd writer
         # The container is chosen from the extension, so the temporary name keeps it. Creating the file first
         # reserves the name and gives it the umask's permissions; OpenCV then truncates and fills it.
-        fd, self.tmp = temp_beside(self.path, f".tmp{suffix}")
+        try:
+            fd, self.tmp = temp_beside(self.path, f".tmp{suffix}")
+        except OSError as err:
+            self.claim.release()
+            raise UserError(f"--out {self.path}: cannot write in {self.path.parent} ({err.strerror or err})") from None
         os.close(fd)
         fourcc = cv2.VideoWriter_fourcc(*_FOURCC[suffix])
         self.writer = cv2.VideoWriter(str(self.tmp), fourcc, float(fps if fps > 0 else 25.0), size_wh)
@@ -138,9 +149,21 @@ class AtomicVideoWriter:
         if self.frames == 0 or not self.tmp.exists() or self.tmp.stat().st_size == 0:  # OpenCV wrote nothing
             self.abort()
             raise UserError(f"{self.path}: no frames were written")
-        commit(self.tmp, self.path)
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(21, "a folder was made under this name during the run")
+            commit(self.tmp, self.path)
+        except OSError as err:
+            self.abort()
+            raise UserError(f"--out {self.path}: cannot write it ({err.strerror or err}); a previous "
+                            f"{self.path.name}, if any, is untouched") from None
+        claim, self.claim = self.claim, None
+        claim.release()
 
     def abort(self) -> None:
-        if getattr(self, "writer", None) is not None:
+        if self.writer is not None:
             self.writer.release()
         discard(self.tmp)
+        if self.claim is not None:
+            self.claim.release()
+            self.claim = None
