@@ -51,6 +51,12 @@ def temp_beside(path: str | Path, suffix: str = ".tmp") -> tuple[int, Path]:
 def commit(tmp: str | Path, path: str | Path, file: IO | None = None) -> None:
     """Make ``tmp`` durable and move it over ``path``. ``file``: ``tmp``'s open file object, flushed, synced and
     closed here; without it the file (written by someone else, such as OpenCV) is opened to be synced."""
+    _make_durable(tmp, file)
+    os.replace(tmp, path)
+
+
+def _make_durable(tmp: str | Path, file: IO | None) -> None:
+    """fsync ``tmp`` (through ``file``, then closed, when the writer holds it open; else opened to be synced)."""
     if file is None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -58,7 +64,6 @@ def commit(tmp: str | Path, path: str | Path, file: IO | None = None) -> None:
         file.flush()
         os.fsync(file.fileno())
         file.close()
-    os.replace(tmp, path)
 
 
 def discard(tmp: str | Path, file: IO | None = None) -> None:
@@ -111,13 +116,7 @@ def commit_together(items: list[tuple[Path, Path, IO | None]]) -> None:
     this order, the last one being the commit point (see the module docstring). On failure every target is as it
     was, every temporary is removed, and the error is raised."""
     for tmp, _path, file in items:
-        if file is None:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        else:
-            file.flush()
-            os.fsync(file.fileno())
-            file.close()
+        _make_durable(tmp, file)
     done: list[tuple[Path, Path | None]] = []
     backups: list[Path] = []
     try:

@@ -290,20 +290,27 @@ def long_list(tmp_path: Path, images: Path, n: int) -> Path:
     return listing
 
 
+def while_first_holds_the_lock(first, output: Path, *args, cwd: Path):
+    """Run ``alitool *args`` while the process ``first`` holds ``output``'s lock, mid-run (paused with SIGSTOP for
+    as long as the second takes); then let ``first`` finish and check it succeeded. Returns the second's result."""
+    lock = lock_path(output)
+    wait_for(first, lambda: lock.is_file() and "pid" in lock.read_text(), f"{output}'s lock file")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = run_cli(*args, cwd=cwd)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    return second
+
+
 @pytest.mark.slow
 def test_two_encodes_of_one_output(tmp_path, images, model):
     out = tmp_path / "o" / "p.npy"
     first = start("encode", long_list(tmp_path, images, 3000), "--out", out, "--model", model, "--workers", "1",
                   cwd=tmp_path)
-    lock = lock_path(out)
-    wait_for(first, lambda: lock.is_file() and "pid" in lock.read_text(), "the lock file")
-    first.send_signal(signal.SIGSTOP)  # holds the lock, mid-run, for as long as the second takes
-    try:
-        second = run_cli("encode", images, "--out", out, "--model", model, cwd=tmp_path)
-    finally:
-        first.send_signal(signal.SIGCONT)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    second = while_first_holds_the_lock(first, out, "encode", images, "--out", out, "--model", model, cwd=tmp_path)
     assert second.returncode == 2, second.stderr
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f"another alitool process is writing it (pid {first.pid}," in lines[0], lines
@@ -315,15 +322,8 @@ def test_two_encodes_of_one_output(tmp_path, images, model):
 def test_two_trainings_of_one_run_folder(tmp_path):
     run_dir = tmp_path / "runs" / "same"
     first = start("train", "digits", "--out", run_dir, "--max-steps", "60", *tiny_train_args(), cwd=tmp_path)
-    lock = lock_path(run_dir)
-    wait_for(first, lambda: lock.is_file() and "pid" in lock.read_text(), "the run folder's lock file")
-    first.send_signal(signal.SIGSTOP)
-    try:
-        second = run_cli("train", "digits", "--out", run_dir, "--max-steps", "2", *tiny_train_args(), cwd=tmp_path)
-    finally:
-        first.send_signal(signal.SIGCONT)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
+    second = while_first_holds_the_lock(first, run_dir, "train", "digits", "--out", run_dir, "--max-steps", "2",
+                                        *tiny_train_args(), cwd=tmp_path)
     assert second.returncode == 2, second.stderr
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f"(pid {first.pid}," in lines[0], lines
