@@ -14,8 +14,15 @@ is complete and synced first; then each target but the last is renamed into plac
 the file system has none, a copy) of its previous content is kept as ``.<name>.<random>.bak``; the last rename is
 the commit point. If any rename fails, the targets already replaced get their previous content back from the
 backups (or are removed, when there was none) and the temporaries are removed, so the old pair stays a pair.
-The backups are removed once all renames are done. (A process killed in the microseconds between two renames can
-still leave a new index beside the old ``.npy``; its row count then differs from the ``.npy``'s.)
+The backups are removed once all renames are done.
+
+A process killed between two renames (SIGKILL, power loss) cannot run that rollback, so the renames are preceded by
+a journal: ``.<last name>.commit`` beside the targets, written (and synced) once every temporary is complete, and
+removed after the last rename. Its presence means "these temporaries are the new pair": ``finish_interrupted_commit``
+renames whichever are still there into place (rolling forward, since all were complete) and removes the journal.
+The next writer of the output runs it under the output's lock (``alitool.outputs.claim``), before stale
+temporaries are cleaned up; until then a reader may see the new index beside the old ``.npy``, and their row counts
+differ.
 
 Where and how an output may be written at all (one-line errors, locks, stale temporaries): ``alitool.outputs``.
 
@@ -24,6 +31,7 @@ No torch, no third-party import, no side effect at import: the running side uses
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -111,12 +119,75 @@ def _backup(path: Path) -> Path | None:
     return backup
 
 
+def journal_path(path: str | Path) -> Path:
+    """The journal of a ``commit_together`` whose last (commit point) target is ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.commit")
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so that the names created or renamed in it survive a power loss (POSIX only)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open folders; nothing to sync there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_journal(items: list[tuple[Path, Path, IO | None]]) -> Path:
+    """Record ``(temporary, target)`` names (one folder for all) in the journal beside the last target."""
+    folder = Path(items[-1][1]).parent
+    if any(Path(tmp).parent != folder or Path(path).parent != folder for tmp, path, _f in items):
+        raise ValueError("commit_together: every temporary and target must be in one folder")
+    pairs = [[Path(tmp).name, Path(path).name] for tmp, path, _f in items]
+    journal = journal_path(items[-1][1])
+    atomic_write_bytes(journal, lambda f: f.write(json.dumps(pairs).encode("utf-8", "surrogateescape")))
+    _sync_folder(folder)
+    return journal
+
+
+def finish_interrupted_commit(path: str | Path) -> bool:
+    """Complete a ``commit_together`` that was killed between its renames, if ``path`` (its last target) has a
+    journal: rename each temporary still there over its target, then remove the journal. The caller must hold
+    the output's lock (``alitool.outputs.claim`` does this). Returns whether there was anything to finish."""
+    journal = journal_path(path)
+    try:
+        pairs = json.loads(journal.read_bytes().decode("utf-8", "surrogateescape"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):  # unreadable or not ours: the temporaries it named are left to the cleanup
+        journal.unlink(missing_ok=True)
+        return False
+    folder = journal.parent
+    for pair in pairs if isinstance(pairs, list) else ():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, str) and "/" not in n for n in pair)):
+            continue
+        tmp, target = folder / pair[0], folder / pair[1]
+        if tmp.is_file():
+            os.replace(tmp, target)
+    _sync_folder(folder)
+    journal.unlink(missing_ok=True)
+    return True
+
+
 def commit_together(items: list[tuple[Path, Path, IO | None]]) -> None:
-    """Land several temporary files as one step: ``items`` are ``(tmp, path, open file or None)``, renamed in
-    this order, the last one being the commit point (see the module docstring). On failure every target is as it
-    was, every temporary is removed, and the error is raised."""
+    """Land several temporary files, all in one folder, as one step: ``items`` are ``(tmp, path, open file or
+    None)``, renamed in this order, the last one being the commit point (see the module docstring). On failure
+    every target is as it was, every temporary is removed, and the error is raised; a process killed between
+    the renames leaves a journal that ``finish_interrupted_commit`` completes."""
     for tmp, _path, file in items:
         _make_durable(tmp, file)
+    try:
+        journal = _write_journal(items)
+    except BaseException:
+        for tmp, _path, _file in items:
+            discard(tmp)
+        raise
     done: list[tuple[Path, Path | None]] = []
     backups: list[Path] = []
     try:
@@ -127,6 +198,7 @@ def commit_together(items: list[tuple[Path, Path, IO | None]]) -> None:
                 backups.append(backup)
             os.replace(tmp, path)
             done.append((path, backup))
+        _sync_folder(journal.parent)
     except BaseException:
         for path, backup in reversed(done):
             try:
@@ -140,5 +212,6 @@ def commit_together(items: list[tuple[Path, Path, IO | None]]) -> None:
             discard(tmp)
         raise
     finally:
+        journal.unlink(missing_ok=True)
         for backup in backups:
             Path(backup).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import torch
 from alitool import __version__
 from alitool.atomic import atomic_write_bytes
 from alitool.config import Config, from_dict, to_dict
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 FORMAT = "alitool-checkpoint/1"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -66,10 +66,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = first_line(err, 120, default="unsupported content")
+        reason = one_line(err, 120, default="unsupported content")
         raise UserError(f"{path}: refused: the file holds pickled objects, not plain tensors ({reason})") from None
     except Exception as err:  # noqa: BLE001 - a damaged file can fail anywhere inside torch's unpickler
-        reason = first_line(err, 160, default="unreadable")
+        reason = one_line(err, 160, default="unreadable")
         raise UserError(f"{path}: not a readable checkpoint (corrupt or truncated?): {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not an alitool checkpoint (no '{FORMAT}' marker)")

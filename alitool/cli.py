@@ -1,12 +1,49 @@
 """The ``alitool`` command line: thin click commands over library functions.
 
 Heavy imports (torch, onnxruntime, cv2) happen inside the commands so that ``alitool --help`` is instant.
-A ``UserError`` anywhere becomes one line on stderr and exit code 2, never a traceback.
+A ``UserError`` anywhere becomes one line on stderr and exit code 2, never a traceback; so does an option or
+argument click refuses (its usual three-line usage block is folded into one line that names the command and
+points to its --help).
+
+Exit status: 0 done; 1 some inputs were skipped and --strict was given; 2 a user error (one ``error:`` line);
+130 interrupted (finished outputs and the last checkpoint are kept).
 """
 
 from __future__ import annotations
 
+import sys
+
 import click
+
+# click >= 8.2 raises this for a group called without a command, its message being the whole help text.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(click.Group):
+    """The ``alitool`` group, whose usage errors (a bad option value, a missing argument, an unknown command) end
+    in one ``error:`` line and exit status 2, as every other user error does."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as err:  # ``alitool`` or ``alitool eval`` alone: the help, as click shows it
+            click.echo(err.ctx.get_help())
+            sys.exit(0)
+        except click.UsageError as err:
+            command = err.ctx.command_path if err.ctx is not None else "alitool"
+            command = "alitool" + command[command.index(" "):] if " " in command else "alitool"
+            message = " ".join(err.format_message().split())
+            click.secho(f"error: {command}: {message} (see {command} --help)", fg="red", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            click.secho(f"error: {' '.join(err.format_message().split())}", fg="red", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:  # Ctrl-C outside a command's own handler (while click reads the command line)
+            click.secho("interrupted", fg="yellow", err=True)
+            sys.exit(130)
+        sys.exit(0)
 
 
 def runtime_report(cuda: bool = False) -> str:
@@ -22,7 +59,7 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show the version and which runtimes (ONNX Runtime providers, TensorRT, torch) are installed; "
                    "alitool doctor also checks CUDA.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 if not CONFIG_DIR.is_dir():  # editable install / source checkout: configs/ sits next to alitool/
@@ -411,7 +411,7 @@ def read_yaml(path: Path) -> dict:
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read config: {first_line(err)}") from None
+        raise UserError(f"{path}: cannot read config: {one_line(err)}") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: a config file must be a mapping at the top level")
     return values

@@ -5,6 +5,8 @@ Supporting machinery for every stage of the paper's pipeline (Dumoulin et al. 20
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Something the user can fix (a missing file, a bad option, a corrupt checkpoint)."""
@@ -14,13 +16,27 @@ class TrainingDiverged(UserError):
     """A loss or a parameter became NaN/inf; the last good checkpoint is kept."""
 
 
-def first_line(err_or_text: BaseException | str, limit: int = 200, default: str | None = None) -> str:
-    """The first line of an error's message (or of a text), at most ``limit`` characters: what fits in a one-line
-    message when a library (torch, onnxruntime, tensorrt) raises pages of text. An empty message gives
-    ``default``, or else the exception's type name (an empty string for an empty text)."""
-    lines = str(err_or_text).strip().splitlines()
-    if lines:
-        return lines[0][:limit]
-    if default is not None:
-        return default
-    return type(err_or_text).__name__ if isinstance(err_or_text, BaseException) else ""
+# ONNX Runtime starts every message with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ": a status code, not news.
+_ONNXRUNTIME_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def one_line(err_or_text: BaseException | str, limit: int = 200, default: str | None = None) -> str:
+    """An error's message (or a text) folded onto one line of at most ``limit`` characters, for a one-line error
+    when a library (torch, onnxruntime, tensorrt) raises pages of text. Lines are joined, not dropped, since
+    libraries often put the detail on the second line (ONNX Runtime's "index: 1 Got: 5 Expected: 4"); a message
+    that is too long is cut at a word and ends in "...". An empty message gives ``default``, or else the
+    exception's type name (an empty string for an empty text)."""
+    text = " ".join(_ONNXRUNTIME_PREFIX.sub("", str(err_or_text).strip()).split())
+    if not text:
+        if default is not None:
+            return default
+        return type(err_or_text).__name__ if isinstance(err_or_text, BaseException) else ""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 4, 1)]
+    if " " in cut[limit // 2:]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,;:") + " ..."
+
+
+first_line = one_line  # TEMPORARY alias while modules move to one_line

@@ -14,9 +14,11 @@ Supporting machinery for the paper's pipeline (Dumoulin et al. 2017, section 2);
    line naming them. After ``flock`` the lock file's inode is compared with the name's, so removing the lock file
    on release cannot let two processes hold two different locks for one name. Claims are re-entrant within a
    process (the command claims ``--out`` before opening the model; the library writer claims it again).
-3. With the lock held, stale temporaries are removed: ``.<name>.<8 hex>.tmp[.ext]`` and ``.bak`` files of the
-   claimed names older than the claim (what a SIGKILLed writer left), and those of any other name in the folder
-   whose own lock file is there and free (a killed writer of another output).
+3. With the lock held, a features pair whose writer was killed between its two renames is finished from its
+   journal (``alitool.atomic.finish_interrupted_commit``). Then stale temporaries are removed:
+   ``.<name>.<8 hex>.tmp[.ext]`` and ``.bak`` files of the claimed names older than the claim (what a SIGKILLed
+   writer left), and those of any other name in the folder whose own lock file is there and free (a killed
+   writer of another output).
 4. Writers fill temporary files beside their targets (``alitool.atomic.temp_beside``) and rename them into place
    (``commit``); several files that belong together (the ``.npy`` and its index) land through
    ``alitool.atomic.commit_together``.
@@ -282,6 +284,15 @@ def claim(path: str | Path, *, inputs: Iterable[str | Path] = (), folder: bool =
         _HELD[key] = result
     for sub in clean if folder else ():  # the folder is ours: stale temporaries of any name in it go
         _remove_all_stale(path / sub, result.since)
+    from alitool.atomic import finish_interrupted_commit
+
+    for target in (path, *also):  # a pair killed between its renames is finished before its temporaries go
+        try:
+            finish_interrupted_commit(target)
+        except OSError as err:
+            result.release()
+            raise UserError(f"{what} {target}: cannot finish the interrupted write of the previous run "
+                            f"({_reason(err)})") from None
     remove_stale_temporaries(path.parent, [path.name, *(a.name for a in also)], result.since)
     return result
 

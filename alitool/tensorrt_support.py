@@ -8,7 +8,7 @@ dependency, and what drives the engines' device memory) only when it is called.
 
 from __future__ import annotations
 
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 INSTALL_HINT = ("pip install 'alitool[trt]' (TensorRT for CUDA 13, NVIDIA driver r580+; 'alitool[trt-cu12]' on "
                 "CUDA 12)")
@@ -23,7 +23,7 @@ def import_tensorrt(ready: str = ""):
     try:
         import tensorrt as trt
     except (ImportError, OSError) as err:  # OSError: the Python bindings without their libnvinfer
-        detail = "" if isinstance(err, ModuleNotFoundError) else f" ({first_line(err, 120)})"
+        detail = "" if isinstance(err, ModuleNotFoundError) else f" ({one_line(err, 120)})"
         raise TensorRTUnavailable(f"TensorRT is not installed{detail}: {INSTALL_HINT}{ready}") from None
     return trt
 

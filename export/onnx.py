@@ -47,7 +47,7 @@ from alitool.contract.names import (
     Z,
 )
 from alitool.contract.preprocess import CONTRACT_VERSION, Preprocess
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 from alitool.export.fold import fold_batch_norm
 
 OPSET = 18
@@ -199,7 +199,7 @@ def read_meta(path: str | Path) -> tuple[ModelMeta, dict[str, str]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError / ValueError / OSError depending on the damage
-        raise UserError(f"{path}: not a readable ONNX file ({first_line(err, 120)})") from None
+        raise UserError(f"{path}: not a readable ONNX file ({one_line(err, 120)})") from None
     values = metadata_map(model)
     return meta_from_metadata(values, path), values
 
@@ -347,8 +347,8 @@ def _export_with_fallback(module: nn.Module, example: Tensor | tuple[Tensor, ...
         raise
     except Exception as err:  # the dynamo exporter's failures come as many exception types
         if exporter != "dynamo":
-            raise UserError(f"ONNX export failed: {first_line(err, 200)}") from None
-        log(f"note: the dynamo ONNX exporter failed ({first_line(err, 160)}); using the TorchScript exporter instead")
+            raise UserError(f"ONNX export failed: {one_line(err, 200)}") from None
+        log(f"note: the dynamo ONNX exporter failed ({one_line(err, 160)}); using the TorchScript exporter instead")
         return to_onnx(module, example, input_name, output_names, "torchscript"), "torchscript"
 
 

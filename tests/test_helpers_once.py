@@ -1,4 +1,4 @@
-"""The small helpers every stage shares, each with one home: ``errors.first_line``, the atomic writes of
+"""The small helpers every stage shares, each with one home: ``errors.one_line``, the atomic writes of
 ``alitool.atomic`` and the padded fixed-size model call of ``alitool.encoding.batching``."""
 
 from __future__ import annotations
@@ -12,17 +12,41 @@ import pytest
 
 from alitool.atomic import atomic_write_bytes, commit, discard, temp_beside
 from alitool.encoding.batching import padded_calls
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 
-def test_first_line_keeps_the_first_line_cut_to_the_limit():
-    err = RuntimeError("  shape mismatch: [3, 8] vs [4, 8]\nTraceback (most recent call last):\n  File ...")
-    assert first_line(err) == "shape mismatch: [3, 8] vs [4, 8]"
-    assert first_line("x" * 500 + "\nsecond") == "x" * 200
-    assert first_line("abcdef\nsecond", limit=3) == "abc"
-    assert first_line(ValueError()) == "ValueError"  # an empty message names the error instead
-    assert first_line(OSError(""), default="unreadable") == "unreadable"
-    assert first_line("") == ""
+def test_one_line_folds_the_message_and_cuts_at_a_word():
+    err = RuntimeError("shape mismatch: [3, 8] vs [4, 8]\n  at some/internal/frame.cpp:12")
+    assert one_line(err) == "shape mismatch: [3, 8] vs [4, 8] at some/internal/frame.cpp:12"
+    assert one_line("x" * 500 + "\nsecond") == "x" * 196 + " ..."  # no word to cut at: cut in the word
+    assert one_line("one two three four", limit=12) == "one two ..."
+    assert len(one_line("word " * 100)) <= 200
+    assert one_line(ValueError()) == "ValueError"  # an empty message names the error instead
+    assert one_line(OSError(""), default="unreadable") == "unreadable"
+    assert one_line("") == ""
+
+
+def test_one_line_keeps_onnxruntimes_detail_and_drops_its_status_prefix():
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(matmul_model(4, 3))
+    with pytest.raises(Exception) as caught:
+        session.run(None, {"x": np.ones((2, 5), np.float32)})
+    line = one_line(caught.value)
+    assert not line.startswith("[ONNXRuntimeError]")
+    assert "index: 1 Got: 5 Expected: 4" in line, line  # on the message's second line
+
+
+def matmul_model(n_in: int, n_out: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_out])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [n_in, n_out], np.ones(n_in * n_out, np.float32))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def _listing(folder):
@@ -151,4 +175,4 @@ def test_padded_calls_edge_cases():
 
     with pytest.raises(UserError) as caught:
         padded_calls(broken, np.zeros((3, 2), np.float32), 2)
-    assert str(caught.value) == "the model failed: RuntimeError: CUDA out of memory."
+    assert str(caught.value) == "the model failed: RuntimeError: CUDA out of memory. Tried to allocate ..."

@@ -1,11 +1,7 @@
 """Hostile but fair inputs: files that lie about their size or content, numbers out of range, edited metadata,
 a resume that would change the networks. Each must end in one line (a skipped input or an error with exit
-status 2), never a traceback, and never cost more memory than the pixel limit allows.
-
-The files are made here: a Radiance HDR named .png whose header says 12000x12000 (its uniform scanlines are
-run-length coded, so it is about 9 MB on disk and 1.7 GB once decoded), a JPEG with one stray byte after APP0
-(which libjpeg skips), random bytes named .jpg, a float TIFF holding NaN, a path list with a NUL byte, a zip
-archive whose member inflates 1000 times."""
+status 2), never a traceback, and never cost more memory than the pixel limit allows. The bad files are made by
+tests/bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -14,12 +10,12 @@ import json
 import os
 import re
 import sys
-import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from bad_inputs import jpeg_with_stray_byte, nan_tiff, radiance_hdr, random_jpeg, zip_bomb
 from helpers import invoke_cli, make_run, save_tiny_model
 
 from alitool.contract.preprocess import BadInput, Preprocess, decode, image_dimensions, read_file
@@ -27,62 +23,6 @@ from alitool.errors import UserError
 
 GRAY8 = Preprocess(8, 1)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The bad files.
-
-
-def radiance_hdr(path: Path, width: int, height: int) -> Path:
-    """A valid Radiance HDR of one colour: each scanline is new-style RLE (runs of 127 per component)."""
-    runs = b""
-    for value in (128, 64, 32, 129):  # R, G, B, exponent
-        left = width
-        while left:
-            n = min(127, left)
-            runs += bytes((128 + n, value))
-            left -= n
-    line = bytes((2, 2, width >> 8, width & 0xFF)) + runs
-    with open(path, "wb") as f:
-        f.write(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n" + f"-Y {height} +X {width}\n".encode())
-        for _ in range(height):
-            f.write(line)
-    return path
-
-
-def jpeg_with_stray_byte(path: Path, h: int = 40, w: int = 48) -> Path:
-    """A valid JPEG with one extra byte between APP0 and the next marker (libjpeg skips it with a warning)."""
-    ok, data = cv2.imencode(".jpg", np.full((h, w), 120, np.uint8))
-    data = data.tobytes()
-    assert data[2:4] == b"\xff\xe0"  # APP0 (JFIF)
-    end = 4 + int.from_bytes(data[4:6], "big")
-    path.write_bytes(data[:end] + b"\x00" + data[end:])
-    return path
-
-
-def random_jpeg(path: Path) -> Path:
-    """A JPEG signature, then random bytes: under the old header parser this was a 63810x18435 image."""
-    path.write_bytes(b"\xff\xd8\xff" + np.random.default_rng(2).bytes(4000))
-    return path
-
-
-def nan_tiff(path: Path) -> Path:
-    image = np.full((16, 16), 0.5, np.float32)
-    image[3, 4] = np.nan
-    assert cv2.imwrite(str(path), image)
-    return path
-
-
-def zip_bomb(path: Path, member_bytes: int, name: str = "bomb.png") -> Path:
-    """A zip archive with one member of ``member_bytes`` zeros (about 1000:1 compressed), streamed to disk."""
-    block = bytes(1 << 20)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        with zf.open(name, "w", force_zip64=True) as member:
-            for _ in range(member_bytes >> 20):
-                member.write(block)
-        good = cv2.imencode(".png", np.full((8, 8), 7, np.uint8))[1].tobytes()
-        zf.writestr("good.png", good)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -231,6 +171,8 @@ def test_cli_numbers_fail_with_status_2(tmp_path, monkeypatch, args, says):
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
     assert says in result.output, result.output
+    lines = result.stderr.strip().splitlines()  # click's own refusals too: one line, not its usage block
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------

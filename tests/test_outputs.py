@@ -348,3 +348,56 @@ def test_sigkill_during_encode_leaves_temporaries_the_next_writer_removes(tmp_pa
     assert done.returncode == 0, done.stderr
     assert np.load(out).shape == (20, 4)
     assert not leftovers(out.parent)
+
+
+KILL_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+from alitool import atomic
+from alitool.atomic import commit_together, temp_beside
+
+folder = Path(sys.argv[1])
+real_replace = os.replace
+
+def replace_then_die(src, dst):  # the crash point: SIGKILL right after the first target's rename
+    real_replace(src, dst)
+    if Path(dst).name == "p.index.csv":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+atomic.os.replace = replace_then_die
+items = []
+for name, text in (("p.index.csv", "new index"), ("p.npy", "new npy")):
+    fd, tmp = temp_beside(folder / name)
+    os.write(fd, text.encode())
+    os.close(fd)
+    items.append((tmp, folder / name, None))
+commit_together(items)
+"""
+
+
+def test_a_pair_killed_between_its_renames_is_finished_by_the_next_writer(tmp_path):
+    from alitool.atomic import journal_path
+    from alitool.outputs import claim
+
+    index, npy = tmp_path / "p.index.csv", tmp_path / "p.npy"
+    index.write_text("old index")
+    npy.write_text("old npy")
+    child = subprocess.run([sys.executable, "-c", KILL_BETWEEN_RENAMES, str(tmp_path)], capture_output=True)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    # what the kill left: the new index beside the old .npy, and the journal naming the .npy's temporary
+    assert (index.read_text(), npy.read_text()) == ("new index", "old npy")
+    assert journal_path(npy).is_file()
+    with claim(npy, also=[index]):
+        assert (index.read_text(), npy.read_text()) == ("new index", "new npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.index.csv", "p.npy"]
+
+
+def test_a_journal_whose_temporaries_are_gone_changes_nothing(tmp_path):
+    from alitool.atomic import finish_interrupted_commit, journal_path
+
+    npy = tmp_path / "p.npy"
+    npy.write_text("npy")
+    journal_path(npy).write_text('[[".p.npy.0badc0de.tmp", "p.npy"], ["../escape", "x"]]')
+    assert finish_interrupted_commit(npy)
+    assert npy.read_text() == "npy" and not journal_path(npy).exists()
+    assert not finish_interrupted_commit(npy)

@@ -7,15 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from alitool.backends import Backend, load_backend
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 
-def open_model(path: str | Path, backend: str = "auto", device: str = "auto", need_decoder: str = "") -> Backend:
+def open_model(path: str | Path, backend: str = "auto", device: str = "auto", need_decoder: str = "",
+               threads: int = 0) -> Backend:
     """Load the model at ``path`` with ``backend`` (one of ``BACKEND_CHOICES``). ``need_decoder`` names the
-    command that decodes (``"sample"``), so that an encoder-only file fails before any work, in one line."""
+    command that decodes (``"sample"``), so that an encoder-only file fails before any work, in one line.
+    ``threads``: ONNX Runtime's intra-op threads (0: its default); PyTorch's are process-wide, set by the caller."""
     path = Path(path)
     try:
-        loaded = load_backend(path, backend=backend, device=device)
+        loaded = load_backend(path, backend=backend, device=device, threads=threads)
     except UserError:
         raise
     except ImportError as err:
@@ -28,7 +30,7 @@ def open_model(path: str | Path, backend: str = "auto", device: str = "auto", ne
         raise UserError(f"{path}: opening it{runtime} needs the '{err.name}' package, which is not installed "
                         "(see alitool doctor)") from None
     except Exception as err:  # noqa: BLE001 - whatever a runtime says about a bad file, say it in one line
-        raise UserError(f"{path}: not a usable model ({type(err).__name__}: {first_line(err)})") from None
+        raise UserError(f"{path}: not a usable model ({type(err).__name__}: {one_line(err)})") from None
     if need_decoder:
         from alitool.io.pictures import require_decoder
 
