@@ -105,6 +105,7 @@ RUNNING_SIDE = (
     "alitool/atomic.py",
     "alitool/outputs.py",  # the one rule for every writer: checks, locks, stale temporaries
     "alitool/errors.py",
+    "alitool/threads.py",  # the thread policy: training uses it, and it must stay free of torch
     "alitool/tensorrt_support.py",  # shared by export/tensorrt.py and the TensorRT backend
     "alitool/cpu_features.py",  # the INT8 backend's saturation warning reads the CPU's flags
     "alitool/runs.py",  # the default-model rule of every RUN command

@@ -7,6 +7,13 @@ onnxruntime build has: TensorRT EP, then CUDA EP, then CPU. What ONNX Runtime ac
 
 A conditional model's files (paper section 4.4) take y as a second input named ``y`` (float32 [N, y_dim]) next
 to ``images`` or ``z``; its meaning is in the metadata (``ModelMeta.y_kind``, ``y_names``).
+
+Threads: ``threads`` (``--threads`` of encode and reconstruct) sets each session's intra-op threads; 0 keeps ONNX
+Runtime's default, one per physical core. The encode path's ``--workers`` decode threads share those cores: ONNX
+Runtime's threads wait between layers and decoding fills part of those gaps (benchmarks/RESULTS.md, encode
+pipeline), and no measurement has shown a better default than the runtime's, so 0 stays the default. On a machine
+where other processes are busy, a pool that loses a core waits for it at every layer, and 1 thread was much
+faster there: that is what ``--threads 1`` is for. (Training chooses its thread count itself: alitool/threads.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from alitool.backends import check_condition, check_kind
 from alitool.contract.meta import ModelMeta, meta_from_metadata, sample_posterior
 from alitool.contract.names import DECODER_FILES, ENCODER_FILES, INT8_SCHEME_KEY, Y
 from alitool.cpu_features import describe_int8_support, scheme_saturates
-from alitool.errors import UserError, first_line
+from alitool.errors import UserError, one_line
 
 PROVIDER_PRIORITY = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -134,7 +141,7 @@ class OnnxBackend:
         try:
             return ort.InferenceSession(str(file), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise UserError(f"{file}: onnxruntime cannot load it: {first_line(err, 200)}") from None
+            raise UserError(f"{file}: onnxruntime cannot load it: {one_line(err, 200)}") from None
 
     def _outputs(self, graph: str) -> list[str]:
         return [o.name for o in self.sessions[graph].get_outputs()]

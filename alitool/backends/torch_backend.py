@@ -2,6 +2,11 @@
 
 The networks and their metadata come from ``alitool.trained_networks`` (the weight average of a ``train.ema`` run
 unless ``raw_weights``), exactly as ``alitool export`` reads them.
+
+Threads: the backend leaves PyTorch's intra-op thread count alone (one per physical core, or ``OMP_NUM_THREADS``):
+the count is process-wide, so a library object must not change it behind its caller's back. ``alitool encode
+--threads N`` sets it for the command's process. On a shared machine PyTorch's default pool collapsed at batch 1
+(3 img/s against 45 with one thread, benchmarks/RESULTS.md); on an idle one no better default has been measured.
 """
 
 from __future__ import annotations

@@ -61,9 +61,12 @@ def dataset_options(fn):
 
 
 def input_options(fn):
-    """--batch-size, --workers, --stride: how inputs are read and batched."""
+    """--batch-size, --workers, --threads, --stride: how inputs are read and batched, and the model's threads."""
     fn = click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
                       help="Keep every K-th video frame.")(fn)
+    fn = click.option("--threads", type=click.IntRange(0, 4096), default=0,
+                      help="CPU threads of the model (default: the runtime's own choice, one per core, beside the "
+                           "--workers decode threads). On a busy machine 1 can be much faster.")(fn)
     fn = click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
                       help="Threads that decode and resize inputs while the model runs.")(fn)
     fn = click.option("--batch-size", type=MemoryCount(min=1), default=64, show_default=True,
@@ -71,14 +74,19 @@ def input_options(fn):
     return fn
 
 
-def _open_model(model: str | None, backend: str = "auto", device: str = "auto", need_decoder: str = ""):
+def _open_model(model: str | None, backend: str = "auto", device: str = "auto", need_decoder: str = "",
+                threads: int = 0):
     """--model (or the default model for --backend, ``alitool.runs.default_model``) opened by the library, and its
-    one "model: ..." line on stdout."""
+    one "model: ..." line on stdout. ``threads`` > 0: the model's CPU threads (--threads)."""
     from alitool.backends.opening import describe_model, open_model
     from alitool.runs import resolve_model
 
     path = resolve_model(model, backend=backend)
-    loaded = open_model(path, backend, device, need_decoder)
+    loaded = open_model(path, backend, device, need_decoder, threads=threads)
+    if threads and loaded.name == "torch":  # only a checkpoint needs torch; its thread count is process-wide
+        import torch
+
+        torch.set_num_threads(threads)
     click.echo(describe_model(path, loaded))
     return loaded
 
@@ -160,8 +168,8 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr (only on a terminal).")
 @user_errors
-def encode(sources, out, model, backend, device, batch_size, workers, stride, class_, attrs, dataset_split, data_dir,
-           features, seed, max_megapixels, full_jpeg_decode, strict, progress) -> None:
+def encode(sources, out, model, backend, device, batch_size, workers, threads, stride, class_, attrs, dataset_split,
+           data_dir, features, seed, max_megapixels, full_jpeg_decode, strict, progress) -> None:
     """Encode images, folders, globs, .txt path lists and videos to a float32 [N, D] .npy.
 
     Next to OUT goes OUT's name with .index.csv (row, source, frame, time_s): row i of the .npy is row i of
@@ -181,7 +189,7 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
 
     _sources_or_dataset(sources, dataset_split)
     _claim_out(check_features_path(out), sources, also=[index_path_for(out)])
-    loaded = _open_model(model, backend, device)
+    loaded = _open_model(model, backend, device, threads=threads)
     _seed(seed, loaded)
     if dataset_split:
         from alitool.conditional_run import encode_dataset_to_npy, fixed_condition
@@ -213,8 +221,8 @@ def encode(sources, out, model, backend, device, batch_size, workers, stride, cl
               help="Inputs shown in a PNG grid (the first N).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @user_errors
-def reconstruct(sources, out, model, backend, device, batch_size, workers, stride, class_, attrs, dataset_split,
-                data_dir, n, strict) -> None:
+def reconstruct(sources, out, model, backend, device, batch_size, workers, threads, stride, class_, attrs,
+                dataset_split, data_dir, n, strict) -> None:
     """Originals and their reconstructions x -> z -> x (paper figures 2-5).
 
     A .png OUT is a grid with originals and reconstructions in alternating columns; a video OUT shows each
@@ -232,7 +240,7 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, strid
     _sources_or_dataset(sources, dataset_split)
     kind = check_picture_path(out, allow_video=not dataset_split)
     _claim_out(out, sources)
-    loaded = _open_model(model, backend, device, need_decoder="reconstruct")
+    loaded = _open_model(model, backend, device, need_decoder="reconstruct", threads=threads)
     if dataset_split:
         from alitool.conditional_run import dataset_reconstruction_grid, fixed_condition
 

@@ -31,7 +31,8 @@ from alitool.runs import NEWEST
 @click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Data-parallel processes on this machine (DistributedDataParallel through torchrun).")
 @click.option("--threads", type=click.IntRange(0, 4096), default=0,
-              help="CPU threads for PyTorch (default: PyTorch's choice). On a busy machine 1 can be much faster.")
+              help="CPU threads for PyTorch (default: chosen from the model size and the free cores; the log says "
+                   "how many and why).")
 @click.option("--conditional", is_flag=True,
               help="Conditional ALI (paper section 4.4): condition on the dataset's classes or CelebA's attributes "
                    "(sets model.conditional=true).")
@@ -76,7 +77,7 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
             argv += ["--out", str(run_dir)]
         raise SystemExit(distributed.relaunch_with_torchrun(nproc, argv))
 
-    if threads > 0:
+    if threads > 0:  # an explicit count applies from the start: reading the data and building the networks too
         import torch
 
         torch.set_num_threads(threads)
@@ -96,6 +97,9 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     except BaseException:
         _remove_if_empty(Path(run_dir))  # e.g. the data is missing: leave no empty runs/<name>/ behind
         raise
+    from alitool.trainers.cpu_threads import set_training_threads
+
+    thread_choice = set_training_threads(trainer.cfg, trainer.device, threads, dist)
     if resume is not None:
         trainer.resume()
     else:
@@ -103,6 +107,7 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     if dist.is_main:
         click.echo(f"run folder: {run_dir}  (device {trainer.device}, {trainer.steps_per_epoch} steps/epoch"
                    f"{f', {dist.world_size} processes' if dist.enabled else ''})", err=True)
+        click.echo(thread_choice.reason, err=True)
     try:
         pos = trainer.fit()
     finally:
