@@ -38,5 +38,3 @@ def one_line(err_or_text: BaseException | str, limit: int = 200, default: str | 
         cut = cut[: cut.rindex(" ")]
     return cut.rstrip(" ,;:") + " ..."
 
-
-first_line = one_line  # TEMPORARY alias while modules move to one_line

@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from alitool.errors import first_line
+from alitool.errors import one_line
 
 
 def loadavg() -> str:
@@ -123,7 +123,7 @@ def make_models(workdir: Path, calib_folder: Path) -> tuple[dict[str, Path], lis
             export_networks(ali.encoder, ali.decoder, meta_from_config(cfg), export_dir, log=lambda m: None)
         models["onnxruntime fp32"] = export_dir / "encoder.onnx"
     except Exception as err:  # noqa: BLE001 - a benchmark reports what it could not measure
-        notes.append(f"ONNX fp32 not measured: {type(err).__name__}: {first_line(err)}")
+        notes.append(f"ONNX fp32 not measured: {type(err).__name__}: {one_line(err)}")
         return models, notes
     try:
         from alitool.contract.preprocess import Preprocess, load_image
@@ -137,7 +137,7 @@ def make_models(workdir: Path, calib_folder: Path) -> tuple[dict[str, Path], lis
                              ImageSet(calib, f"{len(files)} benchmark PNGs"))
         models["onnxruntime int8"] = export_dir / "encoder.int8.onnx"
     except Exception as err:  # noqa: BLE001
-        notes.append(f"ONNX INT8 not measured: {type(err).__name__}: {first_line(err)}")
+        notes.append(f"ONNX INT8 not measured: {type(err).__name__}: {one_line(err)}")
     return models, notes
 
 

@@ -108,6 +108,25 @@ def test_video_frames_obey_the_pixel_limit(tmp_path):
     assert len(list(VideoFrames(path))) == 3
 
 
+def test_the_pixel_limit_of_an_encode_holds_for_its_videos(tmp_path):
+    """``encode --max-megapixels`` reaches the video reader: the clip is skipped, the image beside it kept."""
+    from alitool.contract.preprocess import Preprocess
+    from alitool.encoding.decoding import Sample, decode_stream
+    from alitool.io.sources import Skipped, expand_sources
+
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (48, 40))
+    for _ in range(3):
+        writer.write(np.full((40, 48, 3), 90, np.uint8))
+    writer.release()
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((20, 20), np.uint8))
+    sources = [str(clip), str(tmp_path / "small.png")]
+    limited = list(decode_stream(expand_sources(sources), Preprocess(8, 1, max_pixels=1000)))
+    assert [type(item) for item in limited] == [Skipped, Sample]
+    assert "video frame is 48x40" in limited[0].reason
+    assert len(list(decode_stream(expand_sources(sources), Preprocess(8, 1)))) == 4  # 3 frames + the image
+
+
 def test_nul_byte_and_binary_lines_in_a_path_list_are_skipped(tmp_path):
     from alitool.io.sources import ImageInput, Skipped, expand_sources
 

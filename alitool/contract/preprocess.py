@@ -64,6 +64,9 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 # waits while the others hold the rest, so W threads never decode W limit-sized images at once. One image larger
 # than the budget (up to the pixel limit) still decodes, alone.
 DECODE_BUDGET_BYTES = 768 * 1024 * 1024
+# Decodes whose worst case is under this skip the budget: its lock costs more than decoding a thumbnail, and W
+# threads add at most W MiB to what the budget holds back.
+UNBUDGETED_DECODE_BYTES = 1024 * 1024
 _OPENCV_GUARD = "OPENCV_IO_MAX_IMAGE_PIXELS"
 os.environ.setdefault(_OPENCV_GUARD, str(MAX_PIXELS_CEILING))  # before anything of ours imports cv2
 CROP_POLICIES = ("center", "stretch")
@@ -151,21 +154,21 @@ def cv2_module():
     """OpenCV, imported the way every decoder of ours needs it: its decode-size guard
     (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when cv2 loads) at ``MAX_PIXELS_CEILING`` and its own log
     silenced (libpng / libjpeg warnings go through it). Importing this module already sets the guard."""
-    os.environ.setdefault(_OPENCV_GUARD, str(MAX_PIXELS_CEILING))
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read when cv2 loads
-    import cv2
+    global _CV2
+    if _CV2 is None:  # once: the environment lookups below cost more than decoding a thumbnail
+        os.environ.setdefault(_OPENCV_GUARD, str(MAX_PIXELS_CEILING))
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # read when cv2 loads
+        import cv2
 
-    global _QUIETED
-    if not _QUIETED:
-        _QUIETED = True
         try:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         except AttributeError:  # older builds without the logging submodule
             pass
-    return cv2
+        _CV2 = cv2
+    return _CV2
 
 
-_QUIETED = False
+_CV2 = None
 
 
 def quiet_opencv() -> None:
@@ -193,10 +196,32 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes
     if info.st_size > max_bytes:
         raise BadInput(f"file is {info.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return _read_all(path, info.st_size)
     except OSError as err:
         raise BadInput(os_reason(err)) from None
+
+
+# Non-blocking: should a FIFO take the file's place between the check and the open, the open returns at once
+# instead of waiting for a writer (on a regular file the flag does nothing). Binary and close-on-exec as
+# Python's own open() would be.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _read_all(path: str | os.PathLike, expected: int) -> bytes:
+    """The whole file, in one read when it still has the size ``stat`` gave. Plain os calls: Python's buffered
+    file object costs five more system calls (fstat, ioctl, lseek, a read at the end), each a release of the
+    GIL, which is most of the time of reading a thumbnail."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        data = os.read(fd, expected + 1)
+        if len(data) == expected:  # the one extra byte asked for did not come: the end of the file
+            return data
+        parts = [data]  # the file changed since stat: read on to its end, as f.read() does
+        while part := os.read(fd, 1 << 20):
+            parts.append(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def os_reason(err: OSError) -> str:
@@ -392,8 +417,6 @@ def decode(data: bytes, pre: Preprocess) -> np.ndarray:
     The size comes from the header before any pixel is decoded and must be within ``pre.max_pixels``; bytes
     whose header gives no size are refused, a decoded image whose size differs from its header is refused, and
     so is a float image with NaN or infinite values."""
-    cv2 = cv2_module()
-
     if not data:
         raise BadInput("empty file (0 bytes)")
     size = image_dimensions(data)
@@ -402,32 +425,10 @@ def decode(data: bytes, pre: Preprocess) -> np.ndarray:
                        "header: truncated, corrupt, or not an image file)")
     width, height = size
     check_pixels(width, height, pre.max_pixels)
-    gray = pre.channels == 1
-    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    reduce = 1
     if data[:2] == b"\xff\xd8":
-        stray = _jpeg_header(data)[1]
-        if stray:  # dropped here, as libjpeg would, but without its "Corrupt JPEG data" line on stderr
-            keep, last = [], 0
-            for begin, end in stray:
-                keep.append(data[last:begin])
-                last = end
-            data = b"".join(keep) + data[last:]
-    if pre.jpeg_draft and data[:2] == b"\xff\xd8":
-        reduce = jpeg_reduction(min(size), pre.image_size)
-        if reduce > 1:
-            flags = _REDUCED[(reduce, gray)](cv2)
-    if flags in (cv2.IMREAD_GRAYSCALE, cv2.IMREAD_COLOR):
-        flags |= cv2.IMREAD_ANYDEPTH  # keep 16-bit PNG / TIFF precision until after the resize
-    held = _BUDGET.acquire(width * height * 12)
-    try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
-    except cv2.error as err:
-        if "CV_IO_MAX_IMAGE" in str(err):
-            raise BadInput(f"image is over the {MAX_PIXELS_CEILING / 1e6:.0f} Mpixel decoder limit") from None
-        raise BadInput(f"cannot be decoded ({' '.join(str(err).split())[-120:]})") from None
-    finally:
-        _BUDGET.release(held)
+        data = _without_stray_bytes(data)
+    flags, reduce = _decode_flags(data, min(size), pre)
+    image = _imdecode(data, flags, width * height * 12)  # the worst case: 3 channels of float32
     if image is None or image.size == 0:
         raise BadInput("cannot be decoded as an image (truncated, corrupt, or not an image file)")
     got = sorted(image.shape[:2])
@@ -438,6 +439,48 @@ def decode(data: bytes, pre: Preprocess) -> np.ndarray:
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         raise BadInput("contains NaN or infinite values")
     return image
+
+
+def _without_stray_bytes(jpeg: bytes) -> bytes:
+    """The JPEG without the bytes between its segments: dropped here, as libjpeg would, but without its
+    "Corrupt JPEG data" line on stderr."""
+    stray = _jpeg_header(jpeg)[1]
+    if not stray:
+        return jpeg
+    keep, last = [], 0
+    for begin, end in stray:
+        keep.append(jpeg[last:begin])
+        last = end
+    return b"".join(keep) + jpeg[last:]
+
+
+def _decode_flags(data: bytes, short_side: int, pre: Preprocess) -> tuple[int, int]:
+    """(OpenCV imdecode flags, the JPEG scale denominator) for ``pre``: grayscale or colour, reduced JPEG
+    decoding when ``pre.jpeg_draft`` allows it, the file's own bit depth kept otherwise."""
+    cv2 = cv2_module()
+    gray = pre.channels == 1
+    if pre.jpeg_draft and data[:2] == b"\xff\xd8":
+        reduce = jpeg_reduction(short_side, pre.image_size)
+        if reduce > 1:
+            return _REDUCED[(reduce, gray)](cv2), reduce
+    # ANYDEPTH: keep 16-bit PNG / TIFF precision until after the resize
+    return (cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR) | cv2.IMREAD_ANYDEPTH, 1
+
+
+def _imdecode(data: bytes, flags: int, worst_case: int) -> np.ndarray | None:
+    """``cv2.imdecode`` within the decoded-bytes budget (``worst_case`` bytes reserved while it runs), its
+    errors as BadInput."""
+    cv2 = cv2_module()
+    held = _BUDGET.acquire(worst_case) if worst_case >= UNBUDGETED_DECODE_BYTES else 0
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error as err:
+        if "CV_IO_MAX_IMAGE" in str(err):
+            raise BadInput(f"image is over the {MAX_PIXELS_CEILING / 1e6:.0f} Mpixel decoder limit") from None
+        raise BadInput(f"cannot be decoded ({' '.join(str(err).split())[-120:]})") from None
+    finally:
+        if held:
+            _BUDGET.release(held)
 
 
 _REDUCED = {
@@ -464,6 +507,12 @@ def to_pixels(image: np.ndarray, pre: Preprocess, crop_box: tuple[int, int, int,
     """A decoded image or video frame (H x W grayscale or H x W x 3 BGR; uint8, uint16 or float) -> uint8
     [C, S, S] RGB: grayscale conversion, crop (``crop_box`` = (top, left, height, width) when a dataset gives
     one, else ``pre.crop``), resize at the source's depth, rounding to 8-bit levels, channel reorder."""
+    return levels_to_pixels(to_levels(image, pre, crop_box)[None], pre)[0]
+
+
+def to_levels(image: np.ndarray, pre: Preprocess, crop_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """``to_pixels`` up to the channel reorder: uint8 S x S (one channel) or S x S x 3 (BGR, as decoded).
+    Kept apart so that a caller preparing many images reorders them all in one ``levels_to_pixels``."""
     import cv2
 
     s = pre.image_size
@@ -482,10 +531,16 @@ def to_pixels(image: np.ndarray, pre: Preprocess, crop_box: tuple[int, int, int,
     if image.shape[:2] != (s, s):
         shrink = image.shape[0] > s or image.shape[1] > s
         image = cv2.resize(image, (s, s), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    image = to_uint8(image)
-    if image.ndim == 2:
-        return np.ascontiguousarray(np.broadcast_to(image, (pre.channels, s, s)))
-    return np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+    return to_uint8(image)
+
+
+def levels_to_pixels(levels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """A stack of ``to_levels`` results, [N, S, S] (one channel) or [N, S, S, 3] (BGR) -> uint8 [N, C, S, S]
+    RGB: one channel is replicated into every channel of the model."""
+    if levels.ndim == 3:
+        n, s = len(levels), pre.image_size
+        return np.ascontiguousarray(np.broadcast_to(levels[:, None], (n, pre.channels, s, s)))
+    return np.ascontiguousarray(levels[..., ::-1].transpose(0, 3, 1, 2))  # BGR NHWC -> RGB NCHW
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 
 from alitool.contract.meta import to_model_range
 from alitool.contract.preprocess import Preprocess
-from alitool.encoding.decoding import Notice, Record, Sample
-from alitool.errors import UserError, first_line
+from alitool.encoding.decoding import Notice, Record, Sample, SampleRun
+from alitool.errors import UserError, one_line
 from alitool.io.sources import Skipped
 
 
@@ -27,22 +27,16 @@ class Batch:
     records: list[Record]
 
 
-def batches(stream: Iterable[Sample | Skipped | Notice], pre: Preprocess, batch_size: int,
+def batches(stream: Iterable[SampleRun | Sample | Skipped | Notice], pre: Preprocess, batch_size: int,
             value_range: tuple[float, float] = (0.0, 1.0), on_skip: Callable[[Skipped], None] = lambda s: None,
             on_notice: Callable[[Notice], None] = lambda n: None, limit: int = 0) -> Iterator[Batch]:
     """Group samples into fixed-size batches (the last one zero-padded) mapped to the model's value range;
-    skipped inputs and notices go to the callbacks as they pass. ``limit`` > 0 stops after that many rows."""
+    skipped inputs and notices go to the callbacks as they pass. ``limit`` > 0 stops after that many rows.
+    Runs of samples (``decode_runs``) are copied a slice at a time."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {batch_size}")
-    images = np.zeros((batch_size, *pre.shape), dtype=np.float32)
-    records: list[Record] = []
+    batch = _Filling(batch_size, pre)
     total = 0
-
-    def finish() -> Batch:
-        # only the filled rows: the padding stays zero whatever the range
-        images[: len(records)] = to_model_range(images[: len(records)], value_range)
-        return Batch(images, len(records), list(records))
-
     for item in stream:
         if isinstance(item, Skipped):
             on_skip(item)
@@ -50,17 +44,49 @@ def batches(stream: Iterable[Sample | Skipped | Notice], pre: Preprocess, batch_
         if isinstance(item, Notice):
             on_notice(item)
             continue
-        images[len(records)] = item.image
-        records.append(item.record)
-        total += 1
-        if len(records) == batch_size or total == limit:
-            yield finish()
-            images = np.zeros((batch_size, *pre.shape), dtype=np.float32)
-            records = []
-            if total == limit:
-                return
-    if records:
-        yield finish()
+        run = item if isinstance(item, SampleRun) else SampleRun(item.image[None], [item.record])
+        offset = 0
+        while offset < len(run.records):
+            room = batch_size - batch.count if not limit else min(batch_size - batch.count, limit - total)
+            taken = batch.add(run, offset, room)
+            offset += taken
+            total += taken
+            if batch.count == batch_size or total == limit:
+                yield batch.finish(value_range)
+                if total == limit:
+                    return
+                batch = _Filling(batch_size, pre)
+    if batch.count:
+        yield batch.finish(value_range)
+
+
+class _Filling:
+    """One batch being filled."""
+
+    def __init__(self, batch_size: int, pre: Preprocess):
+        # not zeroed: every row is written or, past the last sample, zeroed by finish()
+        self.images = np.empty((batch_size, *pre.shape), dtype=np.float32)
+        self.records: list[Record] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def add(self, run: SampleRun, offset: int, room: int) -> int:
+        """Up to ``room`` samples of ``run`` from ``offset`` on; how many were added."""
+        records = run.records[offset : offset + room]
+        self.images[self.count : self.count + len(records)] = run.images[offset : offset + len(records)]
+        self.records.extend(records)
+        return len(records)
+
+    def finish(self, value_range: tuple[float, float]) -> Batch:
+        n = self.count
+        self.images[n:] = 0.0  # the padding stays zero whatever the range
+        unit = self.images[:n]
+        mapped = to_model_range(unit, value_range)
+        if mapped is not unit:  # (0, 1) maps to itself
+            unit[...] = mapped
+        return Batch(self.images, n, self.records)
 
 
 def call_model(fn, *args, **kwargs) -> np.ndarray:
@@ -71,7 +97,7 @@ def call_model(fn, *args, **kwargs) -> np.ndarray:
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - torch, onnxruntime and tensorrt raise many types
-        raise UserError(f"the model failed: {type(err).__name__}: {first_line(err, 200)}") from None
+        raise UserError(f"the model failed: {type(err).__name__}: {one_line(err, 200)}") from None
 
 
 def padded_calls(fn: Callable[..., np.ndarray], arrays: tuple[np.ndarray, ...] | np.ndarray,

@@ -4,6 +4,11 @@ pixels of Appendix A): image files and video frames become [C, S, S] samples in 
 Decoding and resizing run in a thread pool (OpenCV releases the GIL), fed by one thread that walks the sources
 and reads video frames; work travels in small ordered chunks through a bounded queue, so memory stays O(chunk)
 however many inputs there are.
+
+A chunk comes back as runs of consecutive samples (``SampleRun``: one array for all its images), so that the
+per-image work left in Python is reading, decoding and resizing; the channel reorder and the float conversion
+run once per chunk, and the batcher copies whole runs. ``decode_runs`` gives the runs, ``decode_stream`` one
+``Sample`` per image.
 """
 
 from __future__ import annotations
@@ -16,8 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alitool.contract.preprocess import Preprocess, load_image, prepare_frame, quiet_opencv
-from alitool.errors import first_line
+from alitool.contract.preprocess import (
+    Preprocess,
+    decode,
+    levels_to_pixels,
+    quiet_opencv,
+    read_file,
+    to_levels,
+    to_unit_float,
+)
+from alitool.errors import one_line
 from alitool.io import BadInput
 from alitool.io.sources import ImageInput, Input, Skipped, VideoInput
 from alitool.io.video import VideoFrames
@@ -42,6 +55,17 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class SampleRun:
+    """Consecutive samples prepared together: row i of ``images`` comes from ``records[i]``."""
+
+    images: np.ndarray  # float32 [N, C, S, S] in [0, 1]
+    records: list[Record]
+
+    def samples(self) -> Iterator[Sample]:
+        return (Sample(image, record) for image, record in zip(self.images, self.records, strict=True))
+
+
+@dataclass(frozen=True)
 class Notice:
     """Something to tell the user about an input that was still used (a truncated video's good frames)."""
 
@@ -51,7 +75,22 @@ class Notice:
 
 def decode_stream(inputs: Iterable[Input], pre: Preprocess, workers: int = 2,
                   chunks_ahead: int | None = None) -> Iterator[Sample | Skipped | Notice]:
-    """Decode and prepare ``inputs`` in ``workers`` threads; yield results in input order.
+    """``decode_runs`` one sample at a time: every input's result in input order."""
+    runs = decode_runs(inputs, pre, workers, chunks_ahead)
+    try:
+        for item in runs:
+            if isinstance(item, SampleRun):
+                yield from item.samples()
+            else:
+                yield item
+    finally:
+        runs.close()  # stops the threads now, not when the garbage collector gets to it
+
+
+def decode_runs(inputs: Iterable[Input], pre: Preprocess, workers: int = 2,
+                chunks_ahead: int | None = None) -> Iterator[SampleRun | Skipped | Notice]:
+    """Decode and prepare ``inputs`` in ``workers`` threads; yield results in input order, consecutive samples
+    of one chunk together.
 
     One feeder thread walks ``inputs`` (folder walks, globs, video demuxing) and submits chunks to the pool;
     at most ``chunks_ahead`` chunks wait in the queue, which bounds memory. Closing the generator (or an
@@ -133,7 +172,7 @@ def _feed_video(item: VideoInput, pre: Preprocess, pool: cf.ThreadPoolExecutor,
                 put: Callable[[object], bool]) -> bool:
     """Read frames here (demuxing is sequential), prepare them in the pool. False when told to stop."""
     stride = item.stride if item.frame is None else max(1, item.frame)
-    frames = VideoFrames(item.path, stride)
+    frames = VideoFrames(item.path, stride, max_pixels=pre.max_pixels)  # --max-megapixels holds for frames too
     chunk: list[tuple[int, float, np.ndarray]] = []
     try:
         for number, time_s, bgr in frames:
@@ -159,20 +198,60 @@ def _feed_video(item: VideoInput, pre: Preprocess, pool: cf.ThreadPoolExecutor,
     return True
 
 
-def _load_images(items: list[ImageInput], pre: Preprocess) -> list[Sample | Skipped]:
-    out: list[Sample | Skipped] = []
+def _load_images(items: list[ImageInput], pre: Preprocess) -> list[SampleRun | Skipped]:
+    """One chunk of image files, in order: runs of the good ones, each bad one as Skipped in its place."""
+    levels = _levels_buffer(len(items), pre)
+    results: list[Record | Skipped] = []
+    kept = 0
     for item in items:
         try:
-            out.append(Sample(load_image(item.path, pre), Record(item.path)))
+            _store(levels, kept, to_levels(decode(read_file(item.path), pre), pre))
         except BadInput as err:
-            out.append(Skipped(item.path, str(err)))
+            results.append(Skipped(item.path, str(err)))
         except Exception as err:  # noqa: BLE001 - one odd file must never end a run of a million
-            out.append(Skipped(item.path, f"unexpected {type(err).__name__}: {first_line(err, 120, default='')}"))
+            results.append(Skipped(item.path, f"unexpected {type(err).__name__}: {one_line(err, 120, default='')}"))
+        else:
+            kept += 1
+            results.append(Record(item.path))
+    return _runs(results, to_unit_float(levels_to_pixels(levels[:kept], pre)))
+
+
+def _prepare_frames(path: str, frames: list[tuple[int, float, np.ndarray]], pre: Preprocess) -> list[SampleRun]:
+    levels = _levels_buffer(len(frames), pre)
+    for i, (_, _, bgr) in enumerate(frames):
+        _store(levels, i, to_levels(bgr, pre))
+    images = to_unit_float(levels_to_pixels(levels, pre))
+    return [SampleRun(images, [Record(path, number, time_s) for number, time_s, _ in frames])]
+
+
+def _levels_buffer(n: int, pre: Preprocess) -> np.ndarray:
+    """Room for ``n`` results of ``to_levels``: one channel for a grayscale model, BGR for a colour one."""
+    s = pre.image_size
+    return np.empty((n, s, s) if pre.channels == 1 else (n, s, s, 3), dtype=np.uint8)
+
+
+def _store(levels: np.ndarray, row: int, image: np.ndarray) -> None:
+    """``image`` (``to_levels``) into ``levels[row]``; a one-channel image into all three channels of a colour
+    model's buffer, as ``to_pixels`` replicates it."""
+    levels[row] = image if image.ndim == levels.ndim - 1 else image[..., None]
+
+
+def _runs(results: list[Record | Skipped], images: np.ndarray) -> list[SampleRun | Skipped]:
+    """A chunk's results in order, consecutive records grouped into runs over the rows of ``images``."""
+    out: list[SampleRun | Skipped] = []
+    run: list[Record] = []
+    row = 0
+    for item in results:
+        if isinstance(item, Record):
+            run.append(item)
+            continue
+        if run:
+            out.append(SampleRun(images[row : row + len(run)], run))
+            row, run = row + len(run), []
+        out.append(item)
+    if run:
+        out.append(SampleRun(images[row : row + len(run)], run))
     return out
-
-
-def _prepare_frames(path: str, frames: list[tuple[int, float, np.ndarray]], pre: Preprocess) -> list[Sample]:
-    return [Sample(prepare_frame(bgr, pre), Record(path, number, time_s)) for number, time_s, bgr in frames]
 
 
 def _finished_future(result: list | None = None, error: BaseException | None = None) -> cf.Future:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alitool.contract.preprocess import Preprocess
 from alitool.encoding.batching import Batch, batches, call_model
-from alitool.encoding.decoding import decode_stream
+from alitool.encoding.decoding import decode_runs
 from alitool.encoding.feature_files import FeatureFiles
 from alitool.encoding.report import RunReport
 from alitool.errors import UserError
@@ -38,7 +38,7 @@ def model_batches(backend, sources: Iterable[str], report: RunReport, *, batch_s
     """Fixed-size batches of the inputs named by ``sources``, prepared for ``backend``'s model; skipped inputs
     and damaged videos are reported to ``report`` as they pass."""
     pre = preprocess_for(backend, max_pixels, jpeg_draft)
-    stream = decode_stream(expand_sources(sources, stride), pre, workers)
+    stream = decode_runs(expand_sources(sources, stride), pre, workers)
     yield from batches(stream, pre, batch_size, backend.meta.value_range, report.on_skip, report.on_notice, limit)
 
 

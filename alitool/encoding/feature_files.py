@@ -105,10 +105,15 @@ def index_cell(name: str) -> str:
     """A source name as the index writes it: always valid UTF-8 (bytes of a file name that are not UTF-8, carried
     by Python as surrogate escapes, become %XX: ``caf\\xe9.jpg`` -> ``caf%E9.jpg``), and a name that starts
     with = + - @, a tab or a carriage return gets a leading ' so that no spreadsheet runs it as a formula."""
+    if not name.isascii():  # an ASCII name is valid UTF-8 as it is: most names skip the character loop
+        name = _valid_utf8(name)
+    return "'" + name if name.startswith(_FORMULA_STARTS) else name
+
+
+def _valid_utf8(name: str) -> str:
     if any("\udc80" <= ch <= "\udcff" for ch in name):
         name = "".join(f"%{ord(ch) - 0xDC00:02X}" if "\udc80" <= ch <= "\udcff" else ch for ch in name)
-    name = name.encode("utf-8", "replace").decode("utf-8")  # any other lone surrogate
-    return "'" + name if name.startswith(_FORMULA_STARTS) else name
+    return name.encode("utf-8", "replace").decode("utf-8")  # any other lone surrogate
 
 
 class IndexWriter:
@@ -126,17 +131,20 @@ class IndexWriter:
         self.rows = 0
 
     def append(self, records: list[Record]) -> None:
-        for record in records:
-            time_s = "" if record.time_s is None or math.isnan(record.time_s) else f"{record.time_s:.6f}"
-            frame = "" if record.frame is None else record.frame
-            self._csv.writerow((self.rows, index_cell(record.source), frame, time_s))
-            self.rows += 1
+        """A batch's rows, in one ``writerows`` call."""
+        self._csv.writerows((row, index_cell(record.source), "" if record.frame is None else record.frame,
+                             _time_cell(record.time_s)) for row, record in enumerate(records, self.rows))
+        self.rows += len(records)
 
     def commit(self) -> None:
         commit(self.tmp, self.path, self._file)
 
     def abort(self) -> None:
         discard(self.tmp, self._file)
+
+
+def _time_cell(time_s: float | None) -> str:
+    return "" if time_s is None or math.isnan(time_s) else f"{time_s:.6f}"
 
 
 class FeatureFiles:

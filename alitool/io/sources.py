@@ -115,14 +115,19 @@ def _stat_reason(path: str, err: OSError) -> str:
 def _walk(folder: str, ancestors: frozenset, stride: int) -> Iterator[Input]:
     """Depth-first, names sorted; follows symbolic links to folders but never into one of its own ancestors."""
     try:
-        names = sorted(entry.name for entry in os.scandir(folder))
+        with os.scandir(folder) as listing:  # (name, plain file?): a huge folder's listing is held while walked
+            entries = sorted((entry.name, _plain_file(entry)) for entry in listing)
     except OSError as err:
         yield Skipped(folder, f"the folder cannot be listed: {os_reason(err)}")
         return
-    for name in names:
+    prefix = os.path.join(folder, "")  # prefix + name is os.path.join(folder, name), without its call
+    for name, plain in entries:
         if name.startswith("."):  # hidden files, and our own temporary outputs
             continue
-        path = os.path.join(folder, name)
+        path = prefix + name
+        if plain:  # most entries: known from the listing, without a stat call
+            yield from _classify(path, None, stride, allow_lists=False)
+            continue
         try:
             info = os.stat(path)
         except OSError as err:
@@ -138,9 +143,19 @@ def _walk(folder: str, ancestors: frozenset, stride: int) -> Iterator[Input]:
             yield from _classify(path, info, stride, allow_lists=False)
 
 
-def _classify(path: str, info: os.stat_result, stride: int, allow_lists: bool) -> Iterator[Input]:
+def _plain_file(entry: os.DirEntry) -> bool:
+    """A regular file that is not a symbolic link, by the type the folder listing gives (where the file system
+    gives none, by one lstat). Links and everything else take the full stat path of ``_walk``."""
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _classify(path: str, info: os.stat_result | None, stride: int, allow_lists: bool) -> Iterator[Input]:
+    """What the entry ``path`` is, by its extension; ``info`` None: a regular file already."""
     suffix = os.path.splitext(path)[1].lower()
-    if not stat.S_ISREG(info.st_mode):
+    if info is not None and not stat.S_ISREG(info.st_mode):
         yield Skipped(path, "not a regular file (a socket, FIFO or device)")
     elif suffix in IMAGE_EXTENSIONS:
         yield ImageInput(path)
