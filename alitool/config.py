@@ -115,6 +115,10 @@ class ModelConfig:
     encoder_noise_dim: int = bounded(0, min=0, max=1_000_000)
     # BigBiGAN's unary scores: D also scores x alone and z alone, and each score gets the loss (docs/mixture.md).
     disc_unary: bool = False
+    # Whether D(z)'s rows without batch norm carry a bias. The official SVHN, CIFAR10 and CelebA scripts build
+    # D(z) without any (their configs set false); its Tiny ImageNet script keeps them. True is also what a saved
+    # config without this key was trained with, so old checkpoints rebuild the same D.
+    disc_z_bias: bool = True
     # Spectral normalisation (Miyato et al. 2018) of every D weight, conv and linear (docs/switches.md).
     spectral_norm: bool = False
     # Conditional ALI (paper section 4.4, Eq. 7; docs/conditional.md): y is linearly embedded to y_embed_dim
@@ -180,6 +184,11 @@ class TrainConfig:
     precision: str = choice("auto", ("auto", "fp32", "bf16"))
     channels_last: bool = False  # NHWC memory format for the conv nets
     compile: bool = False  # torch.compile the three networks
+    # How plain CPU convolutions run in the training step (alitool/conv_autotune.py): "auto" times oneDNN, oneDNN
+    # in the other memory order and the im2col products once per layer shape on this machine (kept on disk) and
+    # takes the fastest; "onednn" never anything else; "products" the products wherever they apply; "rule" the
+    # fixed bf16 small-map rule of earlier releases (alitool/conv_gemm.py, pays_off), to reproduce their figures.
+    conv_path: str = choice("auto", ("auto", "onednn", "products", "rule"))
     # Beyond the paper, each off by default (docs/switches.md):
     # bce: the paper's softplus form; hinge: the hinge loss of BigBiGAN (Donahue & Simonyan 2019)
     loss: str = choice("bce", ("bce", "hinge"))

@@ -1,4 +1,4 @@
-"""Small-map convolutions as one matrix product each (im2col + GEMM), for bf16 on the CPU.
+"""Convolutions as one matrix product each (im2col + GEMM) on the CPU, and the fixed rule that once decided where.
 
 oneDNN's bf16 convolution kernels block over the output's width, and a map of 4x4 or 5x5 leaves them mostly idle.
 Forward + backward, batch 200, bf16, 2-core AMX CPU, one run of ``python benchmarks/conv_shapes.py``
@@ -11,11 +11,19 @@ Forward + backward, batch 200, bf16, 2-core AMX CPU, one run of ``python benchma
   side (the digits model). ``pays_off`` asks for a map of at most 6x6 and at least 64 channels on both sides.
 - In fp32 they gain 1.1-1.6x on the SVHN and CelebA layers above (2.8x on CelebA's decoder) and lose on
   Fashion-MNIST's conv and at 6x6; fp32 is what CPUs without native bf16 run, and this was measured on one AMX
-  machine only, so fp32 stays with oneDNN.
+  machine only, so the fixed rule leaves fp32 to oneDNN.
+
+Because those figures hold for one machine, the training step no longer relies on the rule by default:
+alitool/conv_autotune.py times the products against oneDNN for each layer shape on the running machine, fp32
+included (``train.conv_path: auto``). ``pays_off`` is what ``train.conv_path: rule`` and every pass outside a
+training step (sampling, encoding, export, torch.compile's graphs) still follow. ``applies`` says where the
+products can run at all: plain convolutions (no padding, dilation or groups; the layers check) on the CPU in
+fp32, bf16 (autocast's too) or float64.
 
 Everything works in NHWC order, which is channels_last's memory order: the patches of an input are a strided
 view of its memory, and a channels_last weight [O, C, kh, kw] is stored as the [O, kh*kw*C] matrix the product
-needs, so only the patch matrix is ever copied.
+needs, so only the patch matrix is ever copied. An NCHW input is copied to NHWC first and its output copied back,
+so that an NCHW model keeps its memory order; that copy is part of what the autotuner times.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ MIN_GEMM_CHANNELS = 64
 
 
 def pays_off(x: Tensor, weight: Tensor, small_side: tuple[int, int]) -> bool:
-    """True for a bf16 (or bf16-autocast) channels_last convolution on the CPU whose small map is at most 6x6 and
-    that has at least 64 channels in and out."""
+    """The fixed rule (``train.conv_path: rule``, and outside a training step): true for a bf16 (or bf16-autocast)
+    channels_last convolution on the CPU whose small map is at most 6x6 and that has at least 64 channels in and
+    out."""
     bf16 = x.dtype == torch.bfloat16 or (
         torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
     return (
@@ -121,14 +130,47 @@ class _Fold(torch.autograd.Function):
         return _patches(grad.contiguous(memory_format=torch.channels_last), ctx.kernel, ctx.stride), None, None, None
 
 
-def _bf16_operands(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Cast as autocast would (the casts stay on the tape, so the fp32 weight gets an fp32 gradient)."""
-    return (x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last),
-            weight.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+def _autocast_casts(x: Tensor) -> bool:
+    return torch.is_autocast_enabled("cpu") and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``F.conv2d(x, ...)`` computes in here: CPU autocast's (bf16) for a float input under autocast,
+    else x's own."""
+    return torch.get_autocast_dtype("cpu") if _autocast_casts(x) else x.dtype
+
+
+def stored_channels_last(t: Tensor) -> bool:
+    """Whether a 4-D tensor is stored in NHWC order. One channel (or a 1x1 map) makes a tensor contiguous in both
+    orders; its strides still tell which order it was made in, as torch's own convolutions read them."""
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return not t.is_contiguous() or t.stride(1) <= t.stride(3)
+
+
+def applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether the products can stand in for a plain (no padding, dilation or groups; the caller checks) CPU
+    convolution of ``x`` and ``weight``: in any memory order, in fp32, bf16 (autocast's too) or float64."""
+    dtype = compute_dtype(x)
+    return (x.device.type == "cpu" and x.dim() == 4 and weight.device.type == "cpu"
+            and dtype in (torch.float32, torch.bfloat16, torch.float64)
+            and (_autocast_casts(x) or weight.dtype == x.dtype))  # without autocast torch refuses mixed dtypes
+
+
+def _operands(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Cast as autocast would (the casts stay on the tape, so an fp32 weight gets an fp32 gradient), in NHWC."""
+    dtype = compute_dtype(x)
+    return (x.to(dtype).contiguous(memory_format=torch.channels_last),
+            weight.to(dtype).contiguous(memory_format=torch.channels_last))
 
 
 def _add_bias(out: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out + bias.to(out.dtype)[:, None, None]
+
+
+def _in_order_of(out: Tensor, x: Tensor) -> Tensor:
+    """The products' NHWC output in x's memory order: an NCHW model gets NCHW maps back, as from F.conv2d."""
+    return out if stored_channels_last(x) else out.contiguous()
 
 
 def conv2d_products(x: Tensor, weight: Tensor, stride: tuple[int, int]) -> Tensor:
@@ -148,14 +190,16 @@ def conv_transpose2d_products(x: Tensor, weight: Tensor, stride: tuple[int, int]
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
-    """``conv2d_products`` in bf16, plus the bias: what ``TableConv2d`` runs where ``pays_off``."""
-    x, weight = _bf16_operands(x, weight)
+    """``conv2d_products`` in ``compute_dtype``, plus the bias, in x's memory order: what ``TableConv2d`` runs on
+    the products path."""
+    operand, weight = _operands(x, weight)
     with torch.autocast("cpu", enabled=False):
-        return _add_bias(conv2d_products(x, weight, stride), bias)
+        return _in_order_of(_add_bias(conv2d_products(operand, weight, stride), bias), x)
 
 
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int]) -> Tensor:
-    """``conv_transpose2d_products`` in bf16, plus the bias: what ``TableConvTranspose2d`` runs where ``pays_off``."""
-    x, weight = _bf16_operands(x, weight)
+    """``conv_transpose2d_products`` in ``compute_dtype``, plus the bias, in x's memory order: what
+    ``TableConvTranspose2d`` runs on the products path."""
+    operand, weight = _operands(x, weight)
     with torch.autocast("cpu", enabled=False):
-        return _add_bias(conv_transpose2d_products(x, weight, stride), bias)
+        return _in_order_of(_add_bias(conv_transpose2d_products(operand, weight, stride), bias), x)

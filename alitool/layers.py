@@ -12,6 +12,10 @@ Measured on the 2-core dev machine (torch 2.13, oneDNN), batch 200, forward + ba
 - A bf16 convolution with a small output map (4x4 in SVHN's D(x) and encoder) runs 2.4x faster as one im2col
   matrix product (alitool/conv_gemm.py); so does its transposed twin in the decoder (2.7x; CelebA's 3.2x and 7.2x).
 
+Any other plain convolution (no padding, dilation or groups) runs the way ``alitool.conv_autotune.path_for``
+says: in a training step, the way ``train.conv_path`` asks for (by default the fastest on this machine, timed once
+per layer shape and kept on disk: oneDNN, oneDNN on a copy in the other memory order, or the im2col products);
+elsewhere (sampling, encoding, export) by the fixed rule ``conv_gemm.pays_off`` (bf16, channels_last, small map).
 Each layer falls back to the stock torch operator whenever its shortcut does not apply.
 """
 
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from alitool import conv_gemm
+from alitool import conv_autotune
 
 
 def _plain(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor) -> bool:
@@ -46,8 +50,8 @@ def _nhwc_order(weight: Tensor) -> tuple[int, ...]:
 
 
 class TableConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that runs as ``F.linear`` when the kernel covers the whole input (output 1x1), and as one
-    im2col product (alitool/conv_gemm.py) when a bf16 output map is small."""
+    """``nn.Conv2d`` that runs as ``F.linear`` when the kernel covers the whole input (output 1x1), and otherwise
+    the way ``conv_autotune.path_for`` picks (oneDNN, oneDNN in the other memory order, or one im2col product)."""
 
     def forward(self, x: Tensor) -> Tensor:
         if not _plain(self, x):
@@ -58,14 +62,16 @@ class TableConv2d(nn.Conv2d):
                 x, weight = x.permute(0, 2, 3, 1), weight.permute(0, 2, 3, 1)
             out = F.linear(x.flatten(1), weight.flatten(1), self.bias)
             return out[:, :, None, None]
-        if conv_gemm.pays_off(x, self.weight, conv_gemm.output_side(x.shape[-2:], self.kernel_size, self.stride)):
-            return conv_gemm.conv2d(x, self.weight, self.bias, self.stride)
-        return super().forward(x)
+        path = conv_autotune.path_for(False, x, self.weight, self.bias, self.stride)
+        if path == "onednn":
+            return super().forward(x)
+        return conv_autotune.run(path, False, x, self.weight, self.bias, self.stride)
 
 
 class TableConvTranspose2d(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` that runs as a matrix product on a 1x1 input (output kernel x kernel, any stride),
-    and as one product + col2im (alitool/conv_gemm.py) when a bf16 input map is small."""
+    and otherwise the way ``conv_autotune.path_for`` picks (oneDNN, oneDNN in the other memory order, or one
+    product + col2im)."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if output_size is not None or any(p != 0 for p in self.output_padding) or not _plain(self, x):
@@ -79,9 +85,10 @@ class TableConvTranspose2d(nn.ConvTranspose2d):
                 out = x.flatten(1) @ self.weight.permute(0, 2, 3, 1).flatten(1)
                 out = out.view(n, kh, kw, self.out_channels).permute(0, 3, 1, 2)
             return out if self.bias is None else out + self.bias[:, None, None]
-        if conv_gemm.pays_off(x, self.weight, tuple(x.shape[-2:])):
-            return conv_gemm.conv_transpose2d(x, self.weight, self.bias, self.stride)
-        return super().forward(x, output_size)
+        path = conv_autotune.path_for(True, x, self.weight, self.bias, self.stride)
+        if path == "onednn":
+            return super().forward(x, output_size)
+        return conv_autotune.run(path, True, x, self.weight, self.bias, self.stride)
 
 
 class TableDropout(nn.Dropout):

@@ -1,10 +1,13 @@
-"""Forward + backward time of the table models' convolutions: oneDNN (``F.conv2d`` / ``F.conv_transpose2d``) against
-the im2col products of alitool/conv_gemm.py, in one run, bf16 and fp32, channels_last.
+"""Forward + backward time of the table models' convolutions, each way alitool/conv_autotune.py can run them:
+oneDNN (``F.conv2d`` / ``F.conv_transpose2d``), oneDNN on a copy in the other memory order, and the im2col
+products of alitool/conv_gemm.py, in one run, bf16 and fp32, channels_last (or NCHW with --layout nchw).
 
-This is the measurement behind ``conv_gemm.pays_off``: the products are used for bf16 maps of at most 6x6
-(output of a convolution, input of a transposed one) with at least 64 channels on both sides.
+This is the measurement behind ``conv_gemm.pays_off`` (``train.conv_path: rule``): the products are used for bf16
+maps of at most 6x6 (output of a convolution, input of a transposed one) with at least 64 channels on both sides.
+The "auto" column is what ``conv_autotune.pick`` would take from these timings (``train.conv_path: auto`` times
+each layer shape of a run the same way, on the layer's own input).
 
-    python benchmarks/conv_shapes.py [--batch 200] [--steps 6]
+    python benchmarks/conv_shapes.py [--batch 200] [--steps 6] [--layout channels_last|nchw]
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from alitool import conv_gemm
+from alitool import conv_autotune, conv_gemm
 
 # (where it comes from, op, in channels, side, out channels, kernel, stride)
 SHAPES = [
@@ -35,19 +37,9 @@ SHAPES = [
 ]
 
 
-def products(op: str, x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    """conv_gemm's products in x's own dtype (its conv2d / conv_transpose2d always cast to bf16)."""
-    if op == "conv":
-        return conv_gemm.conv2d_products(x, w, (stride, stride))
-    return conv_gemm.conv_transpose2d_products(x, w, (stride, stride))
-
-
-def onednn(op: str, x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
-    return F.conv2d(x, w, stride=stride) if op == "conv" else F.conv_transpose2d(x, w, stride=stride)
-
-
-def forward_backward(conv, op: str, x: torch.Tensor, w: torch.Tensor, stride: int, grad: torch.Tensor):
-    return lambda: torch.autograd.grad(conv(op, x, w, stride), (x, w), grad)
+def forward_backward(path: str, op: str, x: torch.Tensor, w: torch.Tensor, stride: int, grad: torch.Tensor):
+    return lambda: torch.autograd.grad(conv_autotune.run(path, op == "deconv", x, w, None, (stride, stride)),
+                                       (x, w), grad)
 
 
 def median_ms(run, warmup: int, steps: int) -> float:
@@ -66,26 +58,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="D sees both halves of a batch of 100")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--layout", choices=("channels_last", "nchw"), default="channels_last")
     args = parser.parse_args()
-    print(f"# batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, channels_last, "
+    layout = torch.channels_last if args.layout == "channels_last" else torch.contiguous_format
+    print(f"# batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.layout}, "
           f"load {os.getloadavg()[0]:.2f}; ms per forward + backward (input and weight gradients), median")
-    print("| layer | op | input | kernel/stride | dtype | oneDNN ms | products ms | products speed-up | used |")
-    print("|---|---|---|---|---|---:|---:|---:|---|")
+    print("| layer | op | input | kernel/stride | dtype | oneDNN ms | other order ms | products ms | products speed-up "
+          "| rule | auto |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---|---|")
     for where, op, cin, side, cout, kernel, stride in SHAPES:
         for dtype in (torch.bfloat16, torch.float32):
             torch.manual_seed(0)
-            x = torch.randn(args.batch, cin, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            x = torch.randn(args.batch, cin, side, side, dtype=dtype).contiguous(memory_format=layout)
             shape = (cout, cin, kernel, kernel) if op == "conv" else (cin, cout, kernel, kernel)
-            w = (0.05 * torch.randn(shape, dtype=dtype)).contiguous(memory_format=torch.channels_last)
+            w = (0.05 * torch.randn(shape, dtype=dtype)).contiguous(memory_format=layout)
             x.requires_grad_(), w.requires_grad_()
-            grad = torch.randn_like(onednn(op, x, w, stride))
-            times = [median_ms(forward_backward(f, op, x, w, stride, grad), args.warmup, args.steps)
-                     for f in (onednn, products)]
+            grad = torch.randn_like(conv_autotune.run("onednn", op == "deconv", x, w, None, (stride, stride)))
+            times = {path: median_ms(forward_backward(path, op, x, w, stride, grad), args.warmup, args.steps)
+                     for path in conv_autotune.PATHS}
             small = (side, side) if op == "deconv" else tuple(grad.shape[-2:])
-            used = conv_gemm.pays_off(x, w, small)
+            rule = "products" if conv_gemm.pays_off(x, w, small) else "oneDNN"
             print(f"| {where} | {op} | {cin}x{side}x{side} | {kernel}/{stride} | {str(dtype)[6:]} | "
-                  f"{times[0]:.1f} | {times[1]:.1f} | {times[0] / times[1]:.2f}x | {'yes' if used else 'no'} |",
-                  flush=True)
+                  f"{times['onednn']:.1f} | {times['relayout']:.1f} | {times['products']:.1f} | "
+                  f"{times['onednn'] / times['products']:.2f}x | {rule} | {conv_autotune.pick(times)} |", flush=True)
 
 
 if __name__ == "__main__":

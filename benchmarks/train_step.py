@@ -3,36 +3,52 @@
 (a) naive: the common public-port structure, a D update and then a G update, each with its own forward pass, on
     stock torch layers (nn.Conv2d, nn.ConvTranspose2d, nn.Dropout);
 (b) alitool's default step, the config as shipped: one forward graph, two restricted backward passes, fused Adam,
-    and the config's speed switches (for SVHN on a CPU with native bf16: bf16 autocast + channels_last, which
-    also turns on the small-map im2col products of alitool/conv_gemm.py);
-(c) the same step with every switch off (fp32, NCHW), then each switch alone, then bf16 + channels_last without
-    the im2col products, and torch.compile (with --compile).
+    and the config's speed switches (for SVHN: channels_last, bf16 autocast on a CPU with native bf16, and
+    ``train.conv_path: auto``, each convolution the fastest way timed on this machine, alitool/conv_autotune.py);
+    then the same with ``conv_path: rule`` (the fixed small-map bf16 rule of alitool/conv_gemm.py) and ``onednn``;
+(c) the same step with every switch off (fp32, NCHW, conv_path onednn), then each switch alone, and
+    torch.compile (with --compile).
+
+The header says what the machine can do: CPU model and vector features, the class the convolutions may use (an
+AVX-512 machine run with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2`` stands
+in for an AVX2 one, and says so), threads, the reported clock, and the FLOP floor of one step: its convolution
+and matrix-product FLOPs (forward + backward, counted by torch.utils.flop_counter) over the class's peak.
 
 Prints seconds per step (median over --steps rounds after --warmup; the variants take turns, one step each per
-round) and the ratios to (a) and to (c) with switches off,
-then the optimizer step alone: fused Adam against the foreach kernel, on the same parameters.
+round; the first warm-up step of a ``conv_path: auto`` variant times the layer shapes this machine's cache lacks),
+the ratios naive / variant in wall and CPU time and to (c) with switches off, and the share of the fp32 peak each
+step reaches; then the optimizer step alone: fused Adam against the foreach kernel, on the same parameters.
 
-    python benchmarks/train_step.py [--config svhn] [--batch 100] [--steps 10] [--compile]
+    python benchmarks/train_step.py [--config svhn] [--batch 100] [--steps 10] [--compile] [--retune]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from alitool import conv_gemm
+from alitool import conv_autotune, cpu_features
 from alitool.config import load_config, with_train
 from alitool.layers import TableConv2d, TableConvTranspose2d, TableDropout
 from alitool.models import ALI
 from alitool.trainers.ali import ALIGame
 from alitool.trainers.losses import discriminator_loss, generator_loss
-from alitool.trainers.speed import describe_precision
+from alitool.trainers.speed import bf16_for, describe_precision
+
+# Peak FLOPs per cycle and core of each vector class, as assumed here: fp32 fused multiply-adds on two FMA units
+# (AVX2: 2 x 8 lanes x 2 FLOPs = 32; AVX-512: 2 x 16 x 2 = 64, half of that on parts with one 512-bit FMA unit);
+# without FMA (AVX, SSE4.1) one add and one multiply unit. AMX has no fp32 arithmetic: its fp32 is AVX-512's.
+FP32_FLOPS_PER_CYCLE = {"SSE4.1": 8, "AVX": 16, "AVX2": 32, "AVX-512": 64, "AVX-512 BF16": 64, "AMX": 64}
+# bf16 where native: AVX-512 BF16's vdpbf16ps (16 lanes x 2 products x 2 FLOPs, two units) = 128; AMX-BF16's
+# TDPBF16PS (16 x 16 x 32 multiply-adds per 16 cycles) = 1024.
+BF16_FLOPS_PER_CYCLE = {"AVX-512 BF16": 128, "AMX": 1024}
 
 
 def with_stock_layers(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,26 +82,6 @@ class NaiveGame:
         self.opt_g.zero_grad()
         loss_g.backward()
         self.opt_g.step()
-
-
-class WithoutProducts:
-    """A game whose small-map convolutions run in oneDNN, as before alitool/conv_gemm.py."""
-
-    def __init__(self, game):
-        self.game = game
-
-    def step(self, x):
-        with products_off():
-            return self.game.step(x)
-
-
-@contextlib.contextmanager
-def products_off():
-    saved, conv_gemm.MAX_GEMM_POSITIONS = conv_gemm.MAX_GEMM_POSITIONS, 0
-    try:
-        yield
-    finally:
-        conv_gemm.MAX_GEMM_POSITIONS = saved
 
 
 def time_interleaved(games: list, x, warmup: int, rounds: int) -> list[tuple[float, float]]:
@@ -124,6 +120,47 @@ def time_optimizers(cfg, steps: int) -> list[tuple[str, float]]:
     return results
 
 
+def step_flops(game, x) -> int | None:
+    """Convolution and matrix-product FLOPs of one step, forward and backward (None where they cannot be
+    counted: a compiled step)."""
+    if getattr(game, "cfg", None) is not None and game.cfg.train.compile:
+        return None
+    with FlopCounterMode(display=False) as counter:
+        game.step(x)
+    return counter.get_total_flops()
+
+
+def peaks() -> tuple[str, float | None, float | None]:
+    """(how the peak is reckoned, fp32 FLOP/s, bf16 FLOP/s or None where bf16 is not native)."""
+    vector_class, _ = cpu_features.vector_class()
+    mhz, threads = cpu_features.reported_mhz(), torch.get_num_threads()
+    if vector_class is None or mhz is None:
+        return "peak unknown (no x86 vector class or clock in /proc/cpuinfo)", None, None
+    fp32 = threads * mhz * 1e6 * FP32_FLOPS_PER_CYCLE[vector_class]
+    bf16_rate = BF16_FLOPS_PER_CYCLE.get(vector_class)
+    bf16 = threads * mhz * 1e6 * bf16_rate if bf16_rate else None
+    how = (f"{threads} threads x {mhz / 1000:.2f} GHz x {FP32_FLOPS_PER_CYCLE[vector_class]} fp32 FLOP/cycle "
+           f"= {fp32 / 1e9:.0f} GFLOP/s")
+    how += f"; bf16 x {bf16_rate} = {bf16 / 1e9:.0f} GFLOP/s" if bf16 else "; bf16 not native"
+    return how, fp32, bf16
+
+
+def print_header(args) -> None:
+    print(f"# {args.config} architecture, batch {args.batch}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    features = ", ".join(cpu_features.vector_features()) or "none of AVX2/AVX-512/AMX"
+    mhz = cpu_features.reported_mhz()
+    clock = f"{mhz:.0f} MHz reported (/proc/cpuinfo cpu MHz, not the turbo clock)" if mhz else "clock unknown"
+    print(f"# CPU: {cpu_features.cpu_model()}; features: {features}; convolutions may use: "
+          f"{cpu_features.describe_vector_class()}; ATen kernels: {torch.backends.cpu.get_cpu_capability()}; {clock}")
+    limits = cpu_features.isa_limits()
+    if limits:
+        print("# kernel limits: " + " ".join(f"{k}={v}" for k, v in limits.items()))
+        if cpu_features.vector_class()[1] and "MKL_ENABLE_INSTRUCTIONS" not in limits:
+            print("# note: MKL_ENABLE_INSTRUCTIONS is not set, so MKL's fp32 matrix products (F.linear, the im2col "
+                  "products) still use every vector feature of the CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="svhn")
@@ -131,39 +168,62 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="rounds: one step of each variant per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
+    parser.add_argument("--retune", action="store_true",
+                        help="time every layer shape again (into a temporary cache), not read this machine's cache")
+    parser.add_argument("--emulated-bf16", action="store_true",
+                        help="also time bf16 autocast where bf16 is not native (many times slower than fp32)")
     args = parser.parse_args()
+    if args.retune:
+        conv_autotune.start_over(path=Path(tempfile.mkdtemp()) / "conv_paths.json")
 
     torch.manual_seed(0)
     shipped = with_train(load_config(args.config), batch_size=args.batch)
-    off = with_train(shipped, precision="fp32", channels_last=False)
+    off = with_train(shipped, precision="fp32", channels_last=False, conv_path="onednn")
     device = torch.device("cpu")
     x = torch.rand(args.batch, off.data.channels, off.data.image_size, off.data.image_size)
-    fast = with_train(off, precision="bf16", channels_last=True)
+    native_bf16 = bf16_for(with_train(off, precision="auto"), device)
     variants = [
         ("(a) naive: two forward passes, stock layers, fp32", lambda: NaiveGame(off, device)),
         (f"(b) alitool default: {describe_precision(shipped, device)}", lambda: ALIGame(shipped, device)),
-        ("(c) every switch off: fp32, NCHW", lambda: ALIGame(off, device)),
-        ("(c) bf16 autocast", lambda: ALIGame(with_train(off, precision="bf16"), device)),
+        ("(b) the same, conv_path rule", lambda: ALIGame(with_train(shipped, conv_path="rule"), device)),
+        ("(b) the same, conv_path onednn", lambda: ALIGame(with_train(shipped, conv_path="onednn"), device)),
+        ("(c) every switch off: fp32, NCHW, conv_path onednn", lambda: ALIGame(off, device)),
+        ("(c) conv_path auto", lambda: ALIGame(with_train(off, conv_path="auto"), device)),
         ("(c) channels_last", lambda: ALIGame(with_train(off, channels_last=True), device)),
-        ("(c) bf16 + channels_last", lambda: ALIGame(fast, device)),
-        ("(c) bf16 + channels_last, no im2col products", lambda: WithoutProducts(ALIGame(fast, device))),
     ]
+    if native_bf16 or args.emulated_bf16:
+        label = "(c) bf16 autocast" + ("" if native_bf16 else " (emulated: not native here)")
+        variants.append((label, lambda: ALIGame(with_train(off, precision="bf16"), device)))
     if args.compile:
+        fast = with_train(off, precision="bf16", channels_last=True)
         variants.append(("(c) torch.compile (fp32)", lambda: ALIGame(with_train(off, compile=True), device)))
         variants.append(("(c) bf16 + channels_last + compile", lambda: ALIGame(with_train(fast, compile=True),
                                                                                  device)))
-    print(f"# {args.config} architecture, batch {args.batch}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, {platform.processor() or platform.machine()}, load {os.getloadavg()[0]:.2f}")
-    print("| step | wall s/step | CPU s/step | speed-up vs (a) naive (CPU) | vs every switch off (CPU) |")
-    print("|---|---|---|---|---|")
+    print_header(args)
+    if not native_bf16 and not args.emulated_bf16:
+        print("# bf16 autocast not timed: oneDNN emulates bf16 here (--emulated-bf16 times it)")
     games = []
     for _, make in variants:
         torch.manual_seed(0)
         games.append(make())
     times = time_interleaved(games, x, args.warmup, args.steps)
-    naive, plain = times[0][1], times[2][1]
-    for (label, _), (wall, cpu) in zip(variants, times, strict=True):
-        print(f"| {label} | {wall:.3f} | {cpu:.3f} | {naive / cpu:.2f}x | {plain / cpu:.2f}x |")
+    flops = [step_flops(game, x) for game in games]
+    how, fp32_peak, bf16_peak = peaks()
+    print(f"# peak: {how}")
+    if flops[1] and fp32_peak:
+        floors = f"fp32 floor {flops[1] / fp32_peak:.3f} s"
+        floors += f", bf16 floor {flops[1] / bf16_peak:.3f} s" if bf16_peak else ""
+        print(f"# one alitool step: {flops[1] / 1e9:.1f} GFLOP of convolutions and matrix products (forward + "
+              f"backward; the naive step: {flops[0] / 1e9:.1f}); {floors} (FLOPs / peak)")
+    print("| step | wall s/step | CPU s/step | naive / step (wall) | naive / step (CPU) | vs every switch off (CPU) "
+          "| fp32 peak used (wall) |")
+    print("|---|---|---|---|---|---|---|")
+    (naive_wall, naive_cpu), plain_cpu = times[0], times[4][1]
+    for (label, _), (wall, cpu), count in zip(variants, times, flops, strict=True):
+        used = f"{100 * count / (wall * fp32_peak):.0f}%" if count and fp32_peak else "-"
+        print(f"| {label} | {wall:.3f} | {cpu:.3f} | {naive_wall / wall:.2f}x | {naive_cpu / cpu:.2f}x | "
+              f"{plain_cpu / cpu:.2f}x | {used} |")
+    print(f"\n{conv_autotune.describe('auto')}")
     print("\n| Adam step, all parameters | ms |\n|---|---|")
     for label, ms in time_optimizers(off, steps=10):
         print(f"| {label} | {ms:.1f} |")

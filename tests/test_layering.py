@@ -118,6 +118,7 @@ TRAINING_SIDE = (
     "alitool.layers",
     "alitool.checkpoint",
     "alitool.conv_gemm",
+    "alitool.conv_autotune",
     "alitool.trainers",
     "alitool.export",
     "alitool.data",  # the training datasets

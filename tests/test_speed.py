@@ -1,5 +1,6 @@
 """The speed paths compute what the plain ones compute: fused Adam (trainers/speed.py) and the small-map bf16
-convolutions as im2col products (alitool/conv_gemm.py, used by alitool/layers.py)."""
+convolutions as im2col products (alitool/conv_gemm.py, used by alitool/layers.py; outside a training step they
+follow the fixed rule ``pays_off`` tested here, inside one ``train.conv_path``: tests/test_conv_autotune.py)."""
 
 import pytest
 import torch

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alitool import conv_autotune
 from alitool.atomic import atomic_write_bytes
 from alitool.checkpoint import load_checkpoint, save_checkpoint
 from alitool.config import Config, dump_yaml
@@ -34,7 +35,7 @@ from alitool.data import ArrayDataset, iterate_batches, load_dataset
 from alitool.errors import TrainingDiverged, UserError
 from alitool.trainers.distributed import DistInfo, average_scalars, device_for
 from alitool.trainers.speed import describe_precision
-from alitool.viz import save_grid, save_loss_plot, save_reconstruction_grid
+from alitool.viz import posterior_caption, save_grid, save_loss_plot, save_reconstruction_panels
 
 # Where stderr is not a terminal (nohup, CI, a batch scheduler) tqdm draws nothing; the loop then logs one
 # progress line this often instead, so a long epoch is never silent.
@@ -222,17 +223,48 @@ class Trainer:
         )
 
     def write_figures(self, epoch_label: str) -> float:
-        """Samples and reconstructions for this epoch; returns the reconstruction MSE on the fixed batch."""
+        """Samples and reconstructions for this epoch; returns the reconstruction MSE on the fixed batch, of the
+        posterior-mean reconstructions.
+
+        The reconstruction figure has two captioned panels: G_x(mu(x)), the posterior mean (what every game's
+        ``reconstruct`` returns), and G_x(z) with z drawn from q(z | x), what the paper's figures 2-5 show. A game
+        whose encoder has nothing to draw (none, or a deterministic one) gets the mean panel alone.
+        """
         self.game.train(False)
         samples = self.game.sample(self.fixed_z, **self.fixed_y["sample"]).cpu()
         recon = self.game.reconstruct(self.fixed_x, **self.fixed_y["reconstruct"]).cpu()
+        drawn = self._posterior_sample_reconstruction() if samples.dim() == 4 else None
         self.game.train(True)
         if samples.dim() == 4:  # images; vector data (2-D toy) draws its own figures
             # the pictures are drawn in NumPy (alitool.viz is shared with the torch-free running side)
             save_grid(self.run_dir / SAMPLES_DIR / f"epoch_{epoch_label}.png", samples.numpy())
-            save_reconstruction_grid(self.run_dir / RECONSTRUCTIONS_DIR / f"epoch_{epoch_label}.png",
-                                     self.fixed_x.numpy(), recon.numpy())
+            panels = [(posterior_caption("mean"), recon.numpy())]
+            if drawn is not None:
+                panels.append((posterior_caption("sample") + ", same eps every epoch", drawn.numpy()))
+            save_reconstruction_panels(self.run_dir / RECONSTRUCTIONS_DIR / f"epoch_{epoch_label}.png",
+                                       self.fixed_x.numpy(), panels)
         return float(((recon - self.fixed_x) ** 2).mean())
+
+    @torch.no_grad()
+    def _posterior_sample_reconstruction(self) -> torch.Tensor | None:
+        """G_x(z), z drawn from q(z | x), for the fixed batch: the networks the pictures come from
+        (``shown_networks``: the EMA copies with train.ema), or None for a game without them or with a
+        deterministic encoder. eps comes from its own generator, seeded alike every epoch: the panels of two
+        epochs differ by training alone, and the training's random stream (hence resume) is untouched."""
+        from alitool.models import NoiseInput
+        from alitool.trainers.speed import prepare_input
+
+        shown = getattr(self.game, "shown_networks", None)
+        if shown is None:
+            return None
+        encoder, decoder = shown()
+        if not (encoder.stochastic or isinstance(encoder.stack, NoiseInput)):
+            return None
+        x = prepare_input(self.fixed_x.to(self.device), self.cfg.train.channels_last)
+        y = self.fixed_y["reconstruct"].get("y")
+        y = None if y is None else y.to(self.device, torch.float32)
+        eps = torch.Generator().manual_seed(self.cfg.train.seed + 2)  # fixed_z uses seed + 1
+        return decoder(encoder.sample(x, y, generator=eps), y).float().cpu()
 
     def write_metrics(self) -> None:
         buf = io.StringIO()
@@ -262,6 +294,7 @@ class Trainer:
         last_save = time.monotonic()
         plain_progress = PlainProgress(self.log, self.pos.step, total) if bar.disable and self.dist.is_main else None
         stop = StopRequests()
+        conv_paths_told = self.device.type != "cpu"  # the layers' CPU convolution paths (alitool/conv_autotune.py)
         try:
             stop.__enter__()
             while self.pos.step < total and stop.signum is None:
@@ -283,6 +316,9 @@ class Trainer:
                         )
                     self.pos.step += 1
                     self.pos.batch += 1
+                    if not conv_paths_told:  # the layer shapes are known, and timed, once a step has run
+                        conv_paths_told = True
+                        self.log(conv_autotune.describe(t.conv_path))
                     n_steps += 1
                     images += len(index)
                     for k, v in values.items():

@@ -1,25 +1,27 @@
-"""Speed switches for the training step: bf16 autocast, channels_last, torch.compile.
+"""Speed switches for the training step: bf16 autocast, channels_last, torch.compile, the convolution path.
 
-Each is a config switch (``train.precision``, ``train.channels_last``, ``train.compile``) measured by
-benchmarks/train_step.py before it is made a default anywhere.
+Each is a config switch (``train.precision``, ``train.channels_last``, ``train.compile``, ``train.conv_path``)
+measured by benchmarks/train_step.py before it is made a default anywhere.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from alitool import conv_autotune
 from alitool.config import Config
-from alitool.cpu_features import has_native_bf16
+from alitool.cpu_features import onednn_runs_bf16_natively
 
 
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX-BF16 on this CPU (Linux reports them in /proc/cpuinfo, read once by
-    alitool.cpu_features). Without them oneDNN emulates bf16 arithmetic, which is slower than fp32; elsewhere
-    (macOS, Windows, ARM) we do not guess."""
-    return has_native_bf16()
+    alitool.cpu_features), and oneDNN not held below them by ONEDNN_MAX_CPU_ISA. Without them oneDNN emulates
+    bf16 arithmetic, which is slower than fp32; elsewhere (macOS, Windows, ARM) we do not guess."""
+    return onednn_runs_bf16_natively()
 
 
 def use_bf16(precision: str, device: torch.device, images: bool = True) -> bool:
@@ -45,19 +47,23 @@ def bf16_for(cfg: Config, device: torch.device) -> bool:
     return use_bf16(cfg.train.precision, device, images=cfg.data.image_size > 0)
 
 
-def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast for the forward pass when ``bf16_for`` says so; losses and optimizer state stay fp32."""
-    if bf16_for(cfg, device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def autocast(cfg: Config, device: torch.device) -> Iterator[None]:
+    """The training forward pass's context: bf16 autocast when ``bf16_for`` says so (losses and optimizer state
+    stay fp32), and the convolution path of ``train.conv_path`` for the layers of alitool/layers.py."""
+    precision = torch.autocast(device.type, dtype=torch.bfloat16) if bf16_for(cfg, device) \
+        else contextlib.nullcontext()
+    with precision, conv_autotune.conv_path(cfg.train.conv_path):
+        yield
 
 
 def describe_precision(cfg: Config, device: torch.device) -> str:
-    """What the forward pass will run in, and why, for the run's first log line."""
+    """What the forward pass will run in, and why, for the run's first log line. Which way each convolution
+    takes is known only once the layers have run: ``conv_autotune.describe(cfg.train.conv_path)`` says it."""
     t = cfg.train
     mode = "bf16 autocast" if bf16_for(cfg, device) else "fp32"
     layout = ", channels_last" if t.channels_last else ""
-    return f"{mode}{layout} (train.precision {t.precision})"
+    return f"{mode}{layout} (train.precision {t.precision}, train.conv_path {t.conv_path})"
 
 
 def adam(params: list[nn.Parameter], cfg: Config) -> torch.optim.Adam:
