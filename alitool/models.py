@@ -90,18 +90,23 @@ class LayerStack(nn.Module):
     ``extra_width`` > 0 makes row ``extra_at`` take that many more input channels: ``forward(..., extra=e)``
     concatenates ``e`` [N, extra_width] there (broadcast over the feature map), as conditional ALI does with y's
     embedding.
+
+    Biases: a row without batch norm has one, unless ``biases`` is false (then no row has one: the official
+    code's D(z), ``model.disc_z_bias``); ``last_bias``, when given, decides the last row alone.
     """
 
     def __init__(self, table: tuple[Layer, ...], in_width: int, model: ModelConfig, last_bias: bool | None = None,
-                 extra_at: int = 0, extra_width: int = 0):
+                 extra_at: int = 0, extra_width: int = 0, biases: bool = True):
         super().__init__()
         self.extra_at, self.extra_width = extra_at, extra_width
         rows = []
         for i, layer in enumerate(table):
             if extra_width and i == extra_at:
                 in_width += extra_width
-            bias = last_bias if i == len(table) - 1 else None
-            row = TableRow(layer, in_width, model, bias=bias)
+            row_bias = None if biases else False  # None: TableRow's rule, a bias where there is no batch norm
+            if i == len(table) - 1 and last_bias is not None:
+                row_bias = last_bias
+            row = TableRow(layer, in_width, model, bias=row_bias)
             rows.append(row)
             in_width = row.out_width
         self.rows = nn.ModuleList(rows)
@@ -203,13 +208,14 @@ class Encoder(nn.Module):
         mu, log_sigma = out.chunk(2, dim=1)
         return mu, log_sigma
 
-    def sample(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def sample(self, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """z_hat ~ q(z | x) with one independent eps per latent dimension (reparametrisation); an encoder with
-        noise inputs draws fresh noise, also in eval mode."""
+        noise inputs draws fresh noise, also in eval mode. ``generator``: draw eps (or the noise) from it instead
+        of torch's global generator, e.g. the same eps every epoch for a training figure."""
         if isinstance(self.stack, NoiseInput):
-            noise = torch.randn(x.shape[0], self.stack.noise_dim, device=x.device)
+            noise = _standard_normal((x.shape[0], self.stack.noise_dim), x.device, torch.float32, generator)
             return self.stack(x, noise=noise, extra=_embed(self, y, "encoder"))
-        return reparametrize(*self(x, y))
+        return reparametrize(*self(x, y), generator=generator)
 
     def features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The paper's L2-SVM feature vector (section 4.3): the encoder output (mu and log_sigma) concatenated
@@ -243,12 +249,21 @@ class NoiseInput(nn.Module):
         return self.inner(torch.cat([x, noise], dim=1), taps, extra)
 
 
-def reparametrize(mu: Tensor, log_sigma: Tensor | None) -> Tensor:
+def reparametrize(mu: Tensor, log_sigma: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
     """z = mu + exp(log_sigma) * eps, eps ~ N(0, I) drawn independently per example and per dimension
-    (paper section 3). A deterministic encoder (log_sigma None) returns mu."""
+    (paper section 3), from ``generator`` when given. A deterministic encoder (log_sigma None) returns mu."""
     if log_sigma is None:
         return mu
-    return mu + log_sigma.exp() * torch.randn_like(mu)
+    return mu + log_sigma.exp() * _standard_normal(mu.shape, mu.device, mu.dtype, generator)
+
+
+def _standard_normal(shape: tuple[int, ...] | torch.Size, device: torch.device, dtype: torch.dtype,
+                     generator: torch.Generator | None) -> Tensor:
+    """N(0, 1) values on ``device``. A ``generator`` draws on its own device and the values are moved there: the
+    same seed then gives the same eps on a CPU and on a GPU."""
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device, dtype)
 
 
 class Decoder(nn.Module):
@@ -303,6 +318,9 @@ class Discriminator(nn.Module):
     Returns logits, not probabilities: the tables say "sigmoid", but the official code feeds logits to
     softplus losses, which is the numerically stable form of the same objective. An empty D(x) or D(z)
     table passes its input through (the 2-D experiment concatenates x and z directly).
+
+    Biases follow the official code: a row has one where it has no batch norm, except D(z)'s rows under
+    ``model.disc_z_bias: false`` (the official SVHN, CIFAR10 and CelebA scripts).
     """
 
     def __init__(self, cfg: Config):
@@ -311,7 +329,7 @@ class Discriminator(nn.Module):
         shape = data_shape(cfg)
         x_width = shape[0] if _is_conv(m.disc_x) else math.prod(shape)
         self.x_stack = LayerStack(m.disc_x, x_width, m)
-        self.z_stack = LayerStack(m.disc_z, m.latent_dim, m)
+        self.z_stack = LayerStack(m.disc_z, m.latent_dim, m, biases=m.disc_z_bias)
         self.conv = _is_conv(m.disc_x) or _is_conv(m.disc_z) or _is_conv(m.disc_xz)
         self.embed = condition_embedding(m)  # y's embedding joins D(x, z)'s input (official code)
         joint_width = self.x_stack.out_width + self.z_stack.out_width + (m.y_embed_dim if self.embed else 0)

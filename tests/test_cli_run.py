@@ -16,6 +16,7 @@ import pytest
 from helpers import digit_images, huge_png, invoke_cli, read_index, rgb_image, save_tiny_model, write_digit_files
 
 from alitool.backends import load_backend
+from alitool.viz import CAPTION_HEIGHT
 
 CELL, PAD = 32, 2  # viz.make_grid enlarges 8x8 images to 32x32 cells with a 2-pixel border
 
@@ -28,8 +29,9 @@ def model(tmp_path_factory):
 run = invoke_cli  # `alitool ARGS` through click's test runner
 
 
-def cell(grid: np.ndarray, row: int, col: int) -> np.ndarray:
-    top, left = PAD + row * (CELL + PAD), PAD + col * (CELL + PAD)
+def cell(grid: np.ndarray, row: int, col: int, above: int = 0) -> np.ndarray:
+    """Cell (row, col) of a make_grid picture that starts ``above`` pixels down (below a caption strip)."""
+    top, left = above + PAD + row * (CELL + PAD), PAD + col * (CELL + PAD)
     return grid[top : top + CELL, left : left + CELL, 0].astype(int)
 
 
@@ -168,13 +170,14 @@ def test_reconstruct_grid_has_originals_and_reconstructions_in_alternating_colum
     result = run("reconstruct", tmp_path / "d", "--out", tmp_path / "recon.png", "--model", model)
     assert result.exit_code == 0, result.output
     grid = cv2.imread(str(tmp_path / "recon.png"))
-    assert grid.shape == (PAD + CELL + PAD, PAD + 10 * (CELL + PAD), 3)
+    assert grid.shape == (CAPTION_HEIGHT + PAD + CELL + PAD, PAD + 10 * (CELL + PAD), 3)  # caption strip on top
     backend = load_backend(model, device="cpu")
     x = digit_images(5)[:, None].astype(np.float32) / 255
     recon = backend.decode(backend.encode(x))
     for i in range(5):
-        assert np.abs(cell(grid, 0, 2 * i) - big(x[i, 0])).max() <= 1
-        assert np.abs(cell(grid, 0, 2 * i + 1) - big(recon[i, 0])).max() <= 1
+        assert np.abs(cell(grid, 0, 2 * i, CAPTION_HEIGHT) - big(x[i, 0])).max() <= 1
+        assert np.abs(cell(grid, 0, 2 * i + 1, CAPTION_HEIGHT) - big(recon[i, 0])).max() <= 1
+    assert "posterior mean" in result.output
 
 
 def test_reconstruct_video_is_side_by_side_at_the_strided_rate(tmp_path, model):
@@ -193,6 +196,125 @@ def test_reconstruct_video_is_side_by_side_at_the_strided_rate(tmp_path, model):
     height, width = frames[0].shape[:2]
     assert width > 1.8 * height  # original | reconstruction
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def _pairs(path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(originals, reconstructions) cells of a captioned reconstruction grid of ``n`` pairs in one row."""
+    grid = cv2.imread(str(path))
+    assert grid is not None and grid.shape[0] == CAPTION_HEIGHT + PAD + CELL + PAD, path
+    caption = grid[:CAPTION_HEIGHT]
+    assert (caption < 100).any()  # there is text in the strip
+    return (np.stack([cell(grid, 0, 2 * i, CAPTION_HEIGHT) for i in range(n)]),
+            np.stack([cell(grid, 0, 2 * i + 1, CAPTION_HEIGHT) for i in range(n)]))
+
+
+def test_reconstruct_posterior_sample_differs_from_the_mean_and_repeats_under_a_seed(tmp_path, model):
+    write_digit_files(tmp_path / "d", 5)
+    runs = {"mean": ["--posterior", "mean"], "a": ["--posterior", "sample", "--seed", 1],
+            "b": ["--posterior", "sample", "--seed", 1], "c": ["--posterior", "sample", "--seed", 2]}
+    cells = {}
+    for name, args in runs.items():
+        result = run("reconstruct", tmp_path / "d", "--out", tmp_path / f"{name}.png", "--model", model,
+                     "--batch-size", 5, *args)
+        assert result.exit_code == 0, result.output
+        cells[name] = _pairs(tmp_path / f"{name}.png", 5)
+    assert "posterior sample" in result.output and "seed 2" in result.output
+    originals, mean = cells["mean"]
+    assert all(np.array_equal(originals, cells[k][0]) for k in "abc")
+    assert np.array_equal(cells["a"][1], cells["b"][1])  # --seed: the same draws
+    assert np.abs(cells["a"][1] - mean).max() > 8 and np.abs(cells["a"][1] - cells["c"][1]).max() > 8
+    # the draw is the backend's own z ~ q(z|x) (encode --features z), seeded as encode seeds it
+    import torch
+
+    backend = load_backend(model, device="cpu")
+    x = digit_images(5)[:, None].astype(np.float32) / 255
+    torch.manual_seed(1)
+    drawn = backend.decode(backend.encode(x, kind="z"))
+    for i in range(5):
+        assert np.abs(cells["a"][1][i] - big(drawn[i, 0])).max() <= 1
+
+
+def test_reconstruct_with_a_deterministic_encoder_is_the_same_for_mean_and_sample(tmp_path):
+    import torch
+    from helpers import TINY_RANDOM_INIT
+
+    from alitool.checkpoint import save_checkpoint
+    from alitool.config import load_config
+    from alitool.models import ALI
+
+    cfg = load_config("digits", [*TINY_RANDOM_INIT, "model.encoder_output=deterministic",
+                                 "model.encoder=[[conv,3,1,8,true,0.0,lrelu],[conv,3,1,8,true,0.0,lrelu],"
+                                 "[conv,4,1,16,true,0.0,lrelu],[conv,1,1,4,false,0.0,linear]]"])
+    torch.manual_seed(0)
+    ali = ALI(cfg).eval()
+    save_checkpoint(tmp_path / "bigan.pt", cfg=cfg, models={"encoder": ali.encoder, "decoder": ali.decoder})
+    write_digit_files(tmp_path / "d", 4)
+    for name, args in (("mean", []), ("sample", ["--posterior", "sample", "--seed", 3])):
+        result = run("reconstruct", tmp_path / "d", "--out", tmp_path / f"{name}.png", "--model",
+                     tmp_path / "bigan.pt", *args)
+        assert result.exit_code == 0, result.output
+    assert np.array_equal(_pairs(tmp_path / "mean.png", 4)[1], _pairs(tmp_path / "sample.png", 4)[1])
+
+
+def test_reconstruct_help_names_the_default_posterior_and_why():
+    result = run("reconstruct", "--help")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0
+    assert "--posterior [mean|sample]" in text and "[default: mean]" in text
+    assert "deterministic" in text and "paper's figures 2-5" in text and "--seed" in text
+
+
+def test_reconstruct_refuses_a_seed_without_sampling_and_samples_of_a_dataset(tmp_path, model):
+    cv2.imwrite(str(tmp_path / "x.png"), digit_images(1)[0])
+    seed_alone = run("reconstruct", tmp_path / "x.png", "--seed", 1, "--out", tmp_path / "r.png", "--model", model)
+    assert seed_alone.exit_code == 2 and "--posterior sample" in seed_alone.stderr
+    dataset = run("reconstruct", "--dataset", "test", "--posterior", "sample", "--out", tmp_path / "r.png",
+                  "--model", model)
+    assert dataset.exit_code == 2 and "posterior mean only" in dataset.stderr
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_training_reconstruction_figure_shows_the_mean_and_a_fixed_posterior_sample(tmp_path, tiny_cfg):
+    """trainers/loop.py's figure: a captioned mean panel over a captioned sample panel, whose eps is the same
+    every epoch and leaves the training's random stream alone; a deterministic encoder gets the mean alone."""
+    import torch
+    from helpers import small_train_set
+
+    from alitool.config import with_train
+    from alitool.trainers.loop import Trainer
+
+    trainer = Trainer(with_train(tiny_cfg, epochs=1), tmp_path / "run", train_data=small_train_set(tiny_cfg, 64),
+                      log=lambda msg: None)
+    trainer.start_fresh()
+    with torch.no_grad():  # weights far from the N(0, 0.01) init, whose decoder draws the mean image for any z
+        for p in trainer.game.model.parameters():
+            p.normal_(0.0, 0.6)
+    state = torch.get_rng_state()
+    trainer.write_figures("001")
+    trainer.write_figures("002")
+    assert torch.equal(torch.get_rng_state(), state)
+    first, second = (cv2.imread(str(tmp_path / "run" / "reconstructions" / f"epoch_{e}.png")) for e in ("001", "002"))
+    panel = CAPTION_HEIGHT + PAD + CELL + PAD
+    assert first.shape == (2 * panel, PAD + 16 * (CELL + PAD), 3) and np.array_equal(first, second)
+    trainer.game.train(False)  # as write_figures draws: batch norm on its running statistics
+    mean = trainer.game.reconstruct(trainer.fixed_x).numpy()
+    shown = [cell(first, 0, 2 * i + 1, CAPTION_HEIGHT) for i in range(8)]
+    drawn = [cell(first, 0, 2 * i + 1, panel + CAPTION_HEIGHT) for i in range(8)]
+    assert all(np.abs(shown[i] - big(mean[i, 0])).max() <= 1 for i in range(8))
+    assert max(np.abs(d - s).max() for d, s in zip(drawn, shown, strict=True)) > 8
+    assert np.array_equal(cell(first, 0, 0, CAPTION_HEIGHT), cell(first, 0, 0, panel + CAPTION_HEIGHT))  # same x
+
+    deterministic = with_train(tiny_cfg, epochs=1)
+    from dataclasses import replace
+
+    deterministic = replace(deterministic, model=replace(
+        deterministic.model, encoder_output="deterministic",
+        encoder=(*deterministic.model.encoder[:-1], replace(deterministic.model.encoder[-1], channels=4))))
+    trainer = Trainer(deterministic, tmp_path / "bigan", train_data=small_train_set(tiny_cfg, 64),
+                      log=lambda msg: None)
+    trainer.start_fresh()
+    trainer.write_figures("001")
+    assert cv2.imread(str(tmp_path / "bigan" / "reconstructions" / "epoch_001.png")).shape[0] == panel
 
 
 def test_interpolate_puts_originals_at_both_ends(tmp_path, model):

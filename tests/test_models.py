@@ -85,3 +85,48 @@ def test_gradients_reach_every_parameter_and_are_finite(tiny_cfg):
 def test_table_that_does_not_reach_1x1_is_a_clear_error():
     with pytest.raises(UserError, match="expected 1x1"):
         ALI(load_config("digits", ["model.encoder=[[conv,3,1,8,true,0.0,lrelu],[conv,1,1,32,false,0.0,linear]]"]))
+
+
+def test_a_checkpoint_saved_before_disc_z_bias_existed_loads_its_discriminator(tiny_cfg, tmp_path):
+    """A saved config without ``model.disc_z_bias`` (every run before the key) must rebuild the D it was trained
+    with, D(z) biases included, so that resuming and evaluating old runs still load their state dicts."""
+    from alitool.checkpoint import load_checkpoint, save_checkpoint
+    from alitool.models import Discriminator
+
+    trained = ALI(tiny_cfg).discriminator
+    assert trained.z_stack.rows[0].conv.bias is not None
+    save_checkpoint(tmp_path / "new.pt", cfg=tiny_cfg, models={"discriminator": trained})
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    del payload["config"]["model"]["disc_z_bias"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")
+    rebuilt = Discriminator(old["config"])
+    rebuilt.load_state_dict(old["models"]["discriminator"])  # strict: no missing or unexpected key
+    official = Discriminator(load_config("digits", ["model.disc_z_bias=false"]))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        official.load_state_dict(old["models"]["discriminator"])
+
+
+def test_disc_z_bias_false_removes_the_d_z_biases_only(tiny_cfg):
+    from dataclasses import replace
+
+    plain = ALI(tiny_cfg).discriminator
+    official = ALI(replace(tiny_cfg, model=replace(tiny_cfg.model, disc_z_bias=False))).discriminator
+    assert all(row.conv.bias is None for row in official.z_stack.rows)
+    assert any(row.conv.bias is not None for row in plain.z_stack.rows)
+    for stack in ("x_stack", "xz_stack"):
+        for a, b in zip(getattr(plain, stack).rows, getattr(official, stack).rows, strict=True):
+            assert (a.conv.bias is None) == (b.conv.bias is None) == ("bn" in a._modules)
+
+
+def test_sample_with_a_generator_is_reproducible_and_leaves_the_global_generator_alone(tiny_cfg):
+    enc = ALI(tiny_cfg).encoder.eval()
+    x = torch.rand(5, *data_shape(tiny_cfg))
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        a = enc.sample(x, generator=torch.Generator().manual_seed(3))
+        b = enc.sample(x, generator=torch.Generator().manual_seed(3))
+        c = enc.sample(x, generator=torch.Generator().manual_seed(4))
+        mu, _ = enc(x)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, mu)

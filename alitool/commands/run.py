@@ -219,28 +219,43 @@ def encode(sources, out, model, backend, device, batch_size, workers, threads, s
 @dataset_options
 @click.option("--n", "n", type=MemoryCount(min=1), default=32, show_default=True,
               help="Inputs shown in a PNG grid (the first N).")
+@click.option("--posterior", type=click.Choice(["mean", "sample"]), default="mean", show_default=True,
+              help="The z each reconstruction decodes. mean: mu(x), the posterior mean: deterministic, the same "
+                   "picture every run, the encoder's best guess, which is what a reconstruction is usually wanted "
+                   "for. sample: z drawn from q(z|x) (mu + sigma * eps), as in the paper's figures 2-5; --seed "
+                   "makes it reproducible. A deterministic encoder gives the same picture either way.")
+@click.option("--seed", type=SEED, default=None,
+              help="Seed of the eps draws of --posterior sample (default: fresh draws every run).")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any input was skipped.")
 @user_errors
 def reconstruct(sources, out, model, backend, device, batch_size, workers, threads, stride, class_, attrs,
-                dataset_split, data_dir, n, strict) -> None:
+                dataset_split, data_dir, n, posterior, seed, strict) -> None:
     """Originals and their reconstructions x -> z -> x (paper figures 2-5).
 
-    A .png OUT is a grid with originals and reconstructions in alternating columns; a video OUT shows each
-    frame (or image) beside its reconstruction.
+    A .png OUT is a grid with originals and reconstructions in alternating columns, under a caption that says
+    which z they decode (--posterior); a video OUT shows each frame (or image) beside its reconstruction.
 
     \b
     Examples:
       alitool reconstruct folder/ --out recon.png
+      alitool reconstruct folder/ --posterior sample --seed 1 --out recon-sample.png   # as the paper's figures
       alitool reconstruct clip.mp4 --stride 2 --out recon.mp4 --model runs/digits
       alitool reconstruct --dataset test --out recon.png --model runs/digits-cond   # conditional: labels as y
       alitool reconstruct --dataset test --class 3 --out as3.png --model runs/digits-cond
     """
     from alitool.io.pictures import check_picture_path, reconstruction_grid, reconstruction_video
+    from alitool.viz import posterior_caption
 
     _sources_or_dataset(sources, dataset_split)
+    if seed is not None and posterior != "sample":
+        raise UserError("--seed seeds the draws of --posterior sample; the posterior mean draws nothing")
+    if dataset_split and posterior == "sample":
+        raise UserError("--dataset reconstructs from the posterior mean only; for posterior samples, give the "
+                        "images as SOURCES")
     kind = check_picture_path(out, allow_video=not dataset_split)
     _claim_out(out, sources)
     loaded = _open_model(model, backend, device, need_decoder="reconstruct", threads=threads)
+    _seed(seed, loaded)  # the same seeding as encode --features z: torch's generator or the backend's own
     if dataset_split:
         from alitool.conditional_run import dataset_reconstruction_grid, fixed_condition
 
@@ -251,14 +266,15 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, threa
     from alitool.conditional_run import with_fixed_condition
 
     loaded = with_fixed_condition(loaded, class_, attrs, "reconstruct")
+    caption = posterior_caption(posterior, seed)
     with interruptible(out):
         if kind == "png":
             report = reconstruction_grid(loaded, sources, out, n=n, batch_size=batch_size, workers=workers,
-                                         stride=stride)
+                                         stride=stride, posterior=posterior, caption=caption)
         else:
             report = reconstruction_video(loaded, sources, out, batch_size=batch_size, workers=workers,
-                                          stride=stride)
-    _finish(report, strict, str(out))
+                                          stride=stride, posterior=posterior)
+    _finish(report, strict, f"{out} ({caption})")
 
 
 @click.command()

@@ -2,6 +2,11 @@
 figures 2-5: originals and their reconstructions x -> z -> x in alternating columns), latent interpolations
 (figure 6: originals at both ends, decodings of linearly interpolated z between them) and samples z ~ N(0, I).
 
+Reconstructions decode the posterior mean mu(x) by default, or with ``posterior="sample"`` a draw z ~ q(z | x)
+(section 3's reparametrisation), as the paper's figures do. The draw is the backend's own ``encode(kind="z")``,
+the one ``alitool encode --features z`` uses: PyTorch's generator for a checkpoint, the backend's NumPy
+generator (``contract.meta.sample_posterior``) for ONNX Runtime and TensorRT; seeding it is the caller's.
+
 Grids are drawn by ``alitool.viz``; model calls go through the encode path's fixed-size batches
 (``alitool.encoding``); video output is streamed frame by frame, so memory stays O(batch).
 """
@@ -49,18 +54,29 @@ def load_one(text: str, pre: Preprocess) -> np.ndarray:
         raise UserError(f"{text}: {err}") from None
 
 
-def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: int = 32, batch_size: int = 64,
-                        workers: int = 2, stride: int = 1, pairs_per_row: int = 8,
-                        report: RunReport | None = None) -> RunReport:
-    """The first ``n`` inputs and their reconstructions, paired in alternating columns, as one PNG."""
-    from alitool.viz import save_reconstruction_grid
+def encode_kind(posterior: str) -> str:
+    """The backend's ``encode`` kind for a reconstruction from the posterior mean or a posterior sample."""
+    from alitool.viz import POSTERIORS
 
+    if posterior not in POSTERIORS:
+        raise UserError(f"posterior must be {' or '.join(POSTERIORS)}, not {posterior!r}")
+    return "mean" if posterior == "mean" else "z"
+
+
+def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: int = 32, batch_size: int = 64,
+                        workers: int = 2, stride: int = 1, pairs_per_row: int = 8, posterior: str = "mean",
+                        caption: str | None = None, report: RunReport | None = None) -> RunReport:
+    """The first ``n`` inputs and their reconstructions, paired in alternating columns, as one PNG under a caption
+    that names the ``posterior`` they decode (``caption``: other words for it, e.g. with the seed)."""
+    from alitool.viz import posterior_caption, save_reconstruction_grid
+
+    kind = encode_kind(posterior)
     report = report or RunReport()
     start = time.perf_counter()
     originals, recons = [], []
     for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers, stride=stride,
                                limit=n):
-        x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind="mean"))
+        x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind=kind))
         originals.append(batch.images[: batch.count].copy())
         recons.append(x_rec[: batch.count])
     if not originals:
@@ -68,19 +84,21 @@ def reconstruction_grid(backend, sources: Iterable[str], out: str | Path, *, n: 
     vr = backend.meta.value_range
     x, r = (to_unit_range(np.concatenate(a), vr) for a in (originals, recons))
     report.rows = len(x)
-    save_reconstruction_grid(out, x, r, pairs_per_row)
+    save_reconstruction_grid(out, x, r, pairs_per_row, caption or posterior_caption(posterior))
     report.seconds = time.perf_counter() - start
     return report
 
 
 def reconstruction_video(backend, sources: Iterable[str], out: str | Path, *, batch_size: int = 64,
-                         workers: int = 2, stride: int = 1, fps: float = 0.0,
+                         workers: int = 2, stride: int = 1, fps: float = 0.0, posterior: str = "mean",
                          report: RunReport | None = None) -> RunReport:
-    """Every frame (or image) next to its reconstruction, as a video written atomically."""
+    """Every frame (or image) next to its reconstruction from the ``posterior`` mean or a sample, as a video
+    written atomically. Frames carry no caption: a strip of text would take a good part of a two-image frame."""
     import cv2
 
     from alitool.viz import reconstruction_picture
 
+    kind = encode_kind(posterior)
     report = report or RunReport()
     start = time.perf_counter()
     writer: AtomicVideoWriter | None = None
@@ -88,7 +106,7 @@ def reconstruction_video(backend, sources: Iterable[str], out: str | Path, *, ba
     try:
         for batch in model_batches(backend, sources, report, batch_size=batch_size, workers=workers,
                                    stride=stride):
-            x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind="mean"))
+            x_rec = call_model(backend.decode, call_model(backend.encode, batch.images, kind=kind))
             for i in range(batch.count):
                 original, rebuilt = (to_unit_range(a[i : i + 1], vr) for a in (batch.images, x_rec))
                 tile = reconstruction_picture(original, rebuilt, pairs_per_row=1)
