@@ -16,7 +16,7 @@ from helpers import huge_png, rgb_image
 
 from alitool.contract.preprocess import Preprocess, image_dimensions, load_image, load_pixels, prepare_frame
 from alitool.encoding.batching import batches
-from alitool.encoding.decoding import Notice, Sample, decode_stream
+from alitool.encoding.decoding import IMAGE_CHUNK, Notice, Sample, decode_stream
 from alitool.io import BadInput
 from alitool.io.sources import ImageInput, Skipped, VideoInput, expand_sources, parse_frame_ref
 from alitool.io.video import VideoFrames, read_frame
@@ -273,8 +273,8 @@ def test_memory_is_bounded_by_the_window_not_the_input_count(tmp_path):
         if i == 200:
             break
     stream.close()
-    # consumed 201 images; at most the queue (4 chunks of 16) plus one chunk being built were read ahead
-    assert pulled <= 201 + 16 * 8
+    # consumed 201 images; at most the queue (4 chunks) plus the chunks being decoded and built were read ahead
+    assert pulled <= 201 + IMAGE_CHUNK * 8
 
 
 def test_batches_are_fixed_size_padded_and_in_value_range(tmp_path):
