@@ -224,6 +224,23 @@ class Encoder(nn.Module):
         self.stack(x, taps, extra=_embed(self, y, "encoder"))
         return torch.cat([t.flatten(1) for t in taps[-4:]], dim=1)
 
+    def official_features(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The feature vector of the authors' SVHN SVM script (section 4.3; scripts/preprocess_representations in
+        github.com/IshmaelBelghazi/ALI): mu alone, then the last three hidden layers taken BEFORE their activation
+        (after batch norm where the row has it), each flattened. docs/evaluation.md compares it with ``features``."""
+        stack = self.stack.inner if isinstance(self.stack, NoiseInput) else self.stack
+        kept: list[Tensor] = []
+        # Hooks rather than a second forward loop, so the rows run exactly as in forward() (flattening, y).
+        handles = [row.act.register_forward_pre_hook(lambda _module, args: kept.append(args[0]))
+                   if "act" in row._modules else row.register_forward_hook(lambda _m, _a, out: kept.append(out))
+                   for row in stack.rows[-4:-1]]
+        try:
+            mu, _ = self(x, y)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.cat([mu.flatten(1), *(t.flatten(1) for t in kept)], dim=1)
+
 
 class NoiseInput(nn.Module):
     """The paper's 2-D encoder (section 4.5): x concatenated with ``noise_dim`` N(0, 1) inputs, then the table.

@@ -1,6 +1,7 @@
 """The L2-SVM protocol (paper section 4.3) on tiny real data: balanced labelled sets, a validation split disjoint
 from them and from test, C selection, the folded standardisation, and `alitool eval svm` end to end on a tiny
-trained model through the PyTorch and ONNX backends."""
+trained model through the PyTorch and ONNX backends; the official script's rule and feature vector
+(``--protocol official|both``) beside it."""
 
 import json
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import TINY_DIGITS
+from helpers import TINY_DIGITS, trained_like
 
 from alitool.backends import load_backend
 from alitool.cli import main
@@ -22,8 +23,16 @@ from alitool.evaluation.features import (
     model_features,
     raw_pixel_features,
 )
-from alitool.evaluation.svm import SvmResult, evaluate_features, fit_standardised_svm, format_table, make_splits
-from alitool.models import feature_dim
+from alitool.evaluation.svm import (
+    OFFICIAL_C_GRID,
+    SvmResult,
+    evaluate_features,
+    evaluate_features_official,
+    fit_standardised_svm,
+    format_table,
+    make_splits,
+)
+from alitool.models import Encoder, data_shape, feature_dim
 from alitool.trainers.loop import Trainer
 
 
@@ -156,6 +165,98 @@ def test_result_statistics_and_table():
     assert "20.00 +- 10.00" in table and table.splitlines()[0] == "title"
 
 
+# -- the official script's rule (experiments/semi_supervised_svhn.py of the authors' code) ---------------------
+
+
+def test_official_features_are_mu_and_pre_activation_hidden_layers_of_the_documented_width():
+    cfg = load_config("digits")
+    encoder = trained_like(cfg).encoder
+    x = torch.rand(5, *data_shape(cfg))
+    with torch.no_grad():
+        official, paper, (mu, _) = encoder.official_features(x), encoder.features(x), encoder(x)
+    # docs/evaluation.md: digits = 16 (mu) + 64x4x4 + 128 + 128 (the last three hidden rows) = 1,296
+    assert official.shape == (5, 1296) and paper.shape == (5, 1312)
+    torch.testing.assert_close(official[:, :16], mu)  # mu alone, no log sigma
+    hidden = official[:, 16:]
+    # the same rows as the paper vector's hidden part, taken before the leaky ReLU: applying it gives those back
+    torch.testing.assert_close(torch.nn.functional.leaky_relu(hidden, cfg.model.leaky_slope), paper[:, :1280])
+    assert (hidden < 0).float().mean() > 0.2  # really pre-activation: negatives are not scaled by the slope
+    assert not encoder.stack.rows[1].act._forward_pre_hooks  # the hooks are gone afterwards
+
+
+def test_official_c_is_chosen_once_by_the_closed_form_on_a_separable_problem():
+    """1-D, two classes at x = 1 and x = 3, n = 5 per class in each labelled set. With the squared hinge and
+    liblinear's regularised bias, the raw-feature SVM is ridge regression on (x, 1) while every margin is below 1,
+    and its threshold is t = 4k / (1 + 2k), k = 2Cn: the validation examples are all right once t > 1, i.e.
+    C > 1 / (4n) = 0.05, and all called class 1 below. Standardised features would separate at every C (t = 2),
+    so the rule would pick the grid's first C."""
+    labels = np.repeat([0, 1], 100)
+    x = np.where(labels == 1, 3.0, 1.0)[:, None]
+    splits = make_splits(labels, n_labels=10, repeats=3, val_size=60, seed=0, selection_set=True)
+    assert splits.selection is not None and not set(splits.selection) & set(splits.validation)
+    res = evaluate_features_official("line", x[splits.needed()], labels, x[:20], labels[:20], splits)
+    expected = min(c for c in OFFICIAL_C_GRID if c > 0.05)
+    assert expected == pytest.approx(np.exp(-20 + 21 * 40 / 49))  # the 22nd of exp(linspace(-20, 20, 50))
+    assert res.chosen_c == [expected] * 3 and len(res.selection_errors) == 50
+    first = OFFICIAL_C_GRID.index(expected)
+    share_of_class_0 = float((labels[splits.validation] == 0).mean())
+    assert res.selection_errors[:first] == pytest.approx([share_of_class_0] * first)
+    assert res.selection_errors[first] == 0.0 and res.val_errors == [0.0] * 3 and res.test_errors == [0.0] * 3
+
+
+def test_official_repeats_reuse_the_selection_sets_c_even_where_it_is_wrong_for_them():
+    """Hand-made splits: the selection set is the problem above (C = 0.0574 separates the validation examples),
+    the repeats' sets have the classes swapped (class 0 at x = 3). By the y -> -y symmetry their SVM at that C has
+    the same threshold, 1.07, with the sides swapped: every validation example wrong. Choosing C per repeat
+    would instead take the smallest C (all one class, about half wrong)."""
+    from alitool.evaluation.svm import ProtocolSplits
+
+    labels = np.tile([0, 1], 50)
+    x = np.where(labels == 1, 3.0, 1.0)[:, None]
+    x[70:] = np.where(labels[70:] == 1, 1.0, 3.0)[:, None]  # the repeats' examples, classes swapped
+    splits = ProtocolSplits(validation=np.arange(10, 70), labelled_sets=(np.arange(70, 80), np.arange(80, 90)),
+                            selection=np.arange(10))
+    res = evaluate_features_official("swapped", x[splits.needed()], labels, x[:10], labels[:10], splits)
+    expected = min(c for c in OFFICIAL_C_GRID if c > 0.05)
+    assert res.chosen_c == [expected] * 2 and res.val_errors == [1.0, 1.0]
+
+
+def test_official_rule_matches_an_independent_liblinear_run():
+    """On noisy data: C = the first minimum of the selection set's validation errors over the grid, raw features,
+    that C for every repeat, each repeat's test error from a plain LinearSVC, and numpy's population std."""
+    from sklearn.svm import LinearSVC
+
+    x, y = _noisy_blobs(300, seed=3)
+    x_test, y_test = _noisy_blobs(200, seed=4)
+    splits = make_splits(y, n_labels=20, repeats=3, val_size=150, seed=0, selection_set=True)
+    grid = OFFICIAL_C_GRID[10:40:5]
+    res = evaluate_features_official("blobs", x[splits.needed()], y, x_test, y_test, splits, c_grid=grid)
+
+    def plain(rows, c):
+        return LinearSVC(C=c, dual=True, max_iter=1000, random_state=0).fit(x[rows], y[rows])
+
+    val = splits.validation
+    errors = [float((plain(splits.selection, c).predict(x[val]) != y[val]).mean()) for c in grid]
+    assert res.selection_errors == pytest.approx(errors, abs=1 / 150)  # at most one validation example apart
+    best = grid[int(np.argmin(res.selection_errors))]
+    assert len(set(errors)) > 1 and res.chosen_c == [best] * 3
+    expected = [float((plain(s, best).predict(x_test) != y_test).mean()) for s in splits.labelled_sets]
+    assert res.test_errors == pytest.approx(expected, abs=1 / 100)
+    assert res.ddof == 0 and res.std == pytest.approx(float(np.std(res.test_errors)))
+    assert res.to_dict()["protocol"] == "official"
+
+
+def test_the_selection_set_leaves_the_other_splits_alone():
+    labels = _labels()
+    plain, with_selection = (make_splits(labels, 20, 4, 50, seed=3, selection_set=flag) for flag in (False, True))
+    assert plain.selection is None and np.bincount(labels[with_selection.selection]).tolist() == [4] * 5
+    assert np.array_equal(plain.validation, with_selection.validation)
+    assert all(np.array_equal(a, b) for a, b in zip(plain.labelled_sets, with_selection.labelled_sets, strict=True))
+    with pytest.raises(ValueError, match="selection"):
+        evaluate_features_official("x", np.zeros((len(plain.needed()), 2)), labels, np.zeros((1, 2)), labels[:1],
+                                   plain)
+
+
 def test_baseline_features():
     images = (np.arange(2 * 1 * 8 * 8) % 256).astype(np.uint8).reshape(2, 1, 8, 8)
     raw = raw_pixel_features(images)
@@ -202,6 +303,48 @@ def test_eval_svm_end_to_end(tiny_run, tmp_path):
     default = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--no-baselines", "--features", "mean"])
     assert default.exit_code == 0, default.output
     assert json.loads((tiny_run / "eval" / "svm_digits_mean.json").read_text())["results"][0]["dim"] == 4
+
+
+def test_eval_svm_both_protocols_end_to_end(tiny_run, tmp_path):
+    out = tmp_path / "both.json"
+    result = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--protocol", "both", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["protocol"] == "both" and report["official_c_grid"] == pytest.approx(list(OFFICIAL_C_GRID))
+    rows = {(r["name"], r["protocol"]): r for r in report["results"]}
+    names = ("raw pixels", "PCA (4 components)")
+    assert set(rows) == {("ALI (paper features)", "alitool"), ("ALI (official script features)", "official"),
+                         *((n, p) for n in names for p in ("alitool", "official"))}
+    cfg = load_config("digits", TINY_DIGITS)
+    official = rows[("ALI (official script features)", "official")]
+    # TINY_DIGITS: mu (4) + 8x6x6 + 8x4x4 + 16x1x1 before activation = 436; the paper vector is 440
+    assert official["dim"] == 436 == Encoder(cfg).eval().official_features(torch.zeros(1, 1, 8, 8)).shape[1]
+    for (_, protocol), row in rows.items():
+        assert len(row["test_errors"]) == 2 and all(0.0 <= e <= 1.0 for e in row["test_errors"])
+        if protocol == "official":  # one C for every repeat, from the official grid
+            assert len(set(row["chosen_c"])) == 1 and row["chosen_c"][0] in report["official_c_grid"]
+            assert row["std_ddof"] == 0 and len(row["selection_errors"]) == 50
+        else:
+            assert set(row["chosen_c"]) <= {0.01, 1.0} and row["std_ddof"] == 1
+    assert "official" in result.output and "alitool" in result.output and "C chosen once" in result.output
+    # --protocol official alone: its own default report name, the official rows only
+    alone = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--protocol", "official", "--no-baselines"])
+    assert alone.exit_code == 0, alone.output
+    report = json.loads((tiny_run / "eval" / "svm_digits_official.json").read_text())
+    assert [(r["name"], r["protocol"]) for r in report["results"]] == [("ALI (official script features)", "official")]
+    assert "c_grid" not in report and report["selection_set_size"] == 50
+    # the same splits: the alitool row of --protocol both is the alitool-only run's row
+    plain = CliRunner().invoke(main, ["eval", "svm", str(tiny_run), *ARGS, "--no-baselines", "--out",
+                                      str(tmp_path / "plain.json")])
+    assert plain.exit_code == 0, plain.output
+    assert json.loads((tmp_path / "plain.json").read_text())["results"][0]["test_errors"] == \
+        rows[("ALI (paper features)", "alitool")]["test_errors"]
+
+
+def test_eval_svm_official_protocol_needs_the_checkpoint(tiny_run):
+    result = CliRunner().invoke(main, ["eval", "svm", str(_encoder_only(tiny_run)), *ARGS, "--protocol", "official"])
+    assert result.exit_code == 2 and "needs a PyTorch checkpoint" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_eval_svm_through_onnx_gives_the_checkpoints_features(tiny_run):

@@ -45,7 +45,12 @@ def _parse_grid(text: str) -> tuple[float, ...]:
 @click.option("--val-size", type=click.IntRange(min=1), default=10000, show_default=True,
               help="Validation examples that choose C (disjoint from every labelled set and from test).")
 @click.option("--features", type=click.Choice(["paper", "mean"]), default="paper", show_default=True,
-              help="paper: encoder output + last three hidden layers (section 4.3); mean: mu(x).")
+              help="paper: encoder output + last three hidden layers (section 4.3); mean: mu(x). For alitool's "
+              "protocol; the official one has its own vector.")
+@click.option("--protocol", type=click.Choice(["alitool", "official", "both"]), default="alitool", show_default=True,
+              help="alitool: standardised features, C per repeat from --c-grid. official: the authors' script "
+              "(mu + pre-activation hidden layers, raw features, C chosen once from exp(-20..20)); PyTorch "
+              "checkpoints only. both: one table, same splits.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True,
               help="Also run raw pixels and PCA (latent_dim components) under the same splits.")
 @click.option("--c-grid", default=",".join(f"{c:g}" for c in (1e-4, 1e-3, 1e-2, 1e-1, 1, 10)), show_default=True,
@@ -56,11 +61,12 @@ def _parse_grid(text: str) -> tuple[float, ...]:
               help="Inference runtime; auto picks it from the model file.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda ...")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="JSON report (default: <run>/eval/svm_<dataset>_<features>.json).")
+              help="JSON report (default: <run>/eval/svm_<dataset>_<features>.json; _official.json, "
+              "_<features>_both.json for the other protocols).")
 @click.option("--quiet", is_flag=True, help="Only the table (no per-repeat progress).")
 @user_errors
-def svm(run, dataset, data_dir, labels, repeats, val_size, features, baselines, c_grid, seed, backend, device, out,
-        quiet) -> None:
+def svm(run, dataset, data_dir, labels, repeats, val_size, features, protocol, baselines, c_grid, seed, backend,
+        device, out, quiet) -> None:
     """L2-SVM test error on RUN's features, against raw pixels and PCA (paper section 4.3, table 1).
 
     RUN is a run folder, checkpoint .pt, exported .onnx / INT8 .onnx file or export folder (default: the newest
@@ -72,6 +78,7 @@ def svm(run, dataset, data_dir, labels, repeats, val_size, features, baselines, 
       alitool eval svm runs/fashion-mnist/export/encoder.onnx --repeats 10
       alitool eval svm runs/digits --labels 100 --val-size 400 --repeats 20
       alitool eval svm runs/svhn --data-dir ~/data/svhn        # table 1 (paper: 19.14 +- 0.50 %)
+      alitool eval svm runs/svhn --data-dir ~/data/svhn --protocol both   # alitool's and the authors' rule
     """
     from alitool.install import require_training_stack
 
@@ -86,8 +93,10 @@ def svm(run, dataset, data_dir, labels, repeats, val_size, features, baselines, 
     log(describe_model(model, loaded))
     report = svm_report(model, loaded, dataset=dataset, data_dir=data_dir, labels=labels, repeats=repeats,
                         val_size=val_size, features=features, baselines=baselines, seed=seed,
-                        c_grid=_parse_grid(c_grid), log=log)
-    path = out or default_report_path(model, f"svm_{report['dataset']}_{features}.json")
+                        c_grid=_parse_grid(c_grid), protocol=protocol, log=log)
+    # alitool's protocol keeps its old file name; the others say which rule made them
+    stem = {"alitool": features, "official": "official", "both": f"{features}_both"}[protocol]
+    path = out or default_report_path(model, f"svm_{report['dataset']}_{stem}.json")
     write_json(path, report)
     click.echo(report["table"])
     click.echo(f"report: {path}")

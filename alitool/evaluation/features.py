@@ -4,6 +4,9 @@
   exported ONNX model or an INT8 ONNX model is evaluated the same way. ``paper``: ``Encoder.features``, the
   encoder output (mu and log_sigma) concatenated with its last three hidden layers, flattened; ``mean``: the
   posterior mean mu(x) (latent_dim wide). docs/evaluation.md lists the width per config.
+- ``official_model_features``: the authors' SVM script's vector (``Encoder.official_features``: mu and the last
+  three hidden layers before their activation), for ``--protocol official``. PyTorch checkpoints only: exported
+  encoders output the after-activation layers alone.
 - Raw pixels: the image in [0, 1], flattened (C*H*W wide).
 - PCA: the top ``n`` principal components of the training images (unlabelled, like ALI's own training data),
   with ``n`` = latent_dim by default, fitted on at most 20,000 pool images.
@@ -63,6 +66,27 @@ def model_features(backend, images: np.ndarray, kind: str, batch_size: int = 500
     for start in range(0, len(images), batch_size):
         x = to_model_range(to_float(images[start : start + batch_size]), backend.meta.value_range)
         out.append(np.asarray(backend.encode(x, kind=kind), dtype=np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def official_model_features(backend, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """``Encoder.official_features`` over ``images`` in batches, through a PyTorch backend's encoder (eval mode:
+    batch norm uses its running statistics, as the official script's inference graph did)."""
+    import torch
+
+    from alitool.models import Encoder
+
+    encoder = getattr(backend, "encoder", None)
+    if not isinstance(encoder, Encoder):
+        raise UserError("--protocol official needs a PyTorch checkpoint (a run folder or checkpoint.pt): its features "
+                        "take hidden layers before their activation, which exported encoders do not output")
+    device = next(encoder.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = to_model_range(to_float(images[start : start + batch_size]), backend.meta.value_range)
+            out.append(encoder.official_features(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+                       .float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 

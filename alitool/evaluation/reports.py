@@ -22,45 +22,84 @@ from alitool.evaluation.features import (
     dataset_config,
     load_pool_and_test,
     model_features,
+    official_model_features,
     raw_pixel_features,
 )
-from alitool.evaluation.svm import DEFAULT_C_GRID, evaluate_features, format_table, make_splits
+from alitool.evaluation.svm import (
+    DEFAULT_C_GRID,
+    OFFICIAL_C_GRID,
+    evaluate_features,
+    evaluate_features_official,
+    format_table,
+    make_splits,
+)
 
 FEATURE_NAMES = {"paper": "ALI (paper features)", "mean": "ALI (posterior mean)"}
+OFFICIAL_FEATURE_NAME = "ALI (official script features)"
+PROTOCOLS = {"alitool": ("alitool",), "official": ("official",), "both": ("alitool", "official")}
+# One line per protocol under the table, so a printed table says what each row's numbers mean.
+PROTOCOL_NOTES = {
+    "alitool": "alitool: features standardised per labelled set, C chosen per repeat on validation, sample std",
+    "official": "official: the authors' script's rule: raw features, C chosen once (50 values exp(-20..20)) on one "
+                "extra labelled set, then fixed; population std",
+}
 
 
 def svm_report(model: Path, backend, dataset: str | None = None, data_dir: str = "", labels: int = 1000,
                repeats: int = 100, val_size: int = 10000, features: str = "paper", baselines: bool = True,
-               seed: int = 0, c_grid: tuple[float, ...] = DEFAULT_C_GRID,
+               seed: int = 0, c_grid: tuple[float, ...] = DEFAULT_C_GRID, protocol: str = "alitool",
                log: Callable[[str], None] = lambda msg: None) -> dict:
-    """Run the L2-SVM protocol for ``backend``'s features (and the baselines) under one set of splits."""
+    """Run the L2-SVM protocol for ``backend``'s features (and the baselines) under one set of splits.
+
+    ``protocol``: "alitool" (``evaluate_features``, ``features`` picks the model's vector), "official" (the
+    authors' script's rule and feature vector, ``evaluate_features_official``) or "both", every feature set under
+    each, on the same validation split and labelled sets."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    protocols = PROTOCOLS[protocol]
     cfg = dataset_config(dataset, backend.meta.config)
     pool, test = load_pool_and_test(cfg, data_dir)
     check_shapes(pool.x, backend.meta.input_shape, str(model), cfg.data.name)
-    splits = make_splits(pool.y, labels, repeats, val_size, seed)
+    splits = make_splits(pool.y, labels, repeats, val_size, seed, selection_set="official" in protocols)
     needed = splits.needed()
     log(f"{cfg.data.name}: pool {pool.split} ({len(pool):,}), validation {val_size:,}, {repeats} labelled sets of "
         f"{labels}; features for {len(needed):,} pool + {len(test):,} test images")
-    sources: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [
-        (FEATURE_NAMES[features], lambda images: model_features(backend, images, features))]
+    # (row name, feature function, the protocols that use it): the baselines' features are shared by both.
+    sources: list[tuple[str, Callable[[np.ndarray], np.ndarray], tuple[str, ...]]] = []
+    if "alitool" in protocols:
+        sources.append((FEATURE_NAMES[features], lambda images: model_features(backend, images, features),
+                        ("alitool",)))
+    if "official" in protocols:
+        sources.append((OFFICIAL_FEATURE_NAME, lambda images: official_model_features(backend, images),
+                        ("official",)))
     if baselines:
         pca = PcaFeatures(backend.meta.latent_dim, pool.x, seed)
-        sources += [("raw pixels", raw_pixel_features), (f"PCA ({pca.n} components)", pca)]
+        sources += [("raw pixels", raw_pixel_features, protocols), (f"PCA ({pca.n} components)", pca, protocols)]
     results = []
-    for name, compute in sources:
+    for name, compute, used_by in sources:
         started = time.perf_counter()
         pool_f, test_f = compute(pool.x[needed]), compute(test.x)
         log(f"{name}: {pool_f.shape[1]}-d features in {time.perf_counter() - started:.1f} s")
-        result = evaluate_features(name, pool_f, pool.y, test_f, test.y, splits, c_grid, progress=log)
-        results.append(result)
+        for rule in used_by:
+            if rule == "official":
+                results.append(evaluate_features_official(name, pool_f, pool.y, test_f, test.y, splits,
+                                                          progress=log))
+            else:
+                results.append(evaluate_features(name, pool_f, pool.y, test_f, test.y, splits, c_grid,
+                                                 progress=log))
         del pool_f, test_f
     title = (f"L2-SVM (squared hinge) on {cfg.data.name}: {labels} labels ({labels // len(np.unique(pool.y))} per "
              f"class), C on {val_size:,} validation examples, test error over {repeats} repeats (mean +- std)")
+    table = "\n".join([format_table(results, title), *(PROTOCOL_NOTES[p] for p in protocols)])
     return {
-        "evaluation": "l2-svm", "title": title, "table": format_table(results, title),
-        "model": str(model), "backend": getattr(backend, "name", type(backend).__name__), "features": features,
+        "evaluation": "l2-svm", "protocol": protocol, "title": title, "table": table,
+        "model": str(model), "backend": getattr(backend, "name", type(backend).__name__),
+        "features": features if "alitool" in protocols else "official",
         "dataset": cfg.data.name, "pool_split": pool.split, "pool_size": len(pool), "test_size": len(test),
-        "labels": labels, "repeats": repeats, "val_size": val_size, "seed": seed, "c_grid": list(c_grid),
+        "labels": labels, "repeats": repeats, "val_size": val_size, "seed": seed,
+        **({"c_grid": list(c_grid)} if "alitool" in protocols else {}),
+        **({"official_c_grid": list(OFFICIAL_C_GRID), "selection_set_size": len(splits.selection)}
+           if splits.selection is not None else {}),
         "results": [r.to_dict() for r in results], **_provenance(),
     }
 
