@@ -152,12 +152,17 @@ class DataConfig:
 @dataclass(frozen=True)
 class SemiSupervisedConfig:
     """The K+1 semi-supervised game (paper section 4.3; Salimans et al. 2016). ``labels`` > 0 switches it on:
-    that many training examples keep their labels (balanced over ``classes``, drawn with train.seed), and
-    D(x, z)'s last row outputs ``classes`` + 1 logits (trainers/semi.py)."""
+    that many examples of ``labelled_split`` keep their labels (balanced over ``classes``, drawn with train.seed),
+    unlabelled training runs on the training split, and D(x, z)'s last row outputs ``classes`` + 1 logits
+    (trainers/semi.py)."""
 
     labels: int = bounded(0, min=0)  # 0: the plain ALI game
     classes: int = bounded(10, min=1, max=1_000_000)  # K
     labelled_batch_size: int = bounded(0, min=0)  # labelled pairs per step; 0: train.batch_size
+    # The split the labelled examples come from. "": the dataset's choice, which for svhn is val (train_32x32.mat,
+    # the 73k set the paper's baselines draw their labels from) and for every other dataset the training split.
+    labelled_split: str = choice("", ("",), pattern=r"[a-z][a-z0-9_-]*",
+                                 expected="empty (the dataset's choice) or a split name such as train, val, extra")
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,9 @@ class Trainer:
         # A game may refine the config (the K+1 game widens D's last row): the checkpoint describes its networks.
         self.cfg = getattr(self.game, "cfg", cfg)
         if hasattr(self.game, "attach_data"):  # games that need more than x (the K+1 game's labelled subset)
-            self.game.attach_data(self.train_data)
+            # the labels may come from another split (SVHN's val); the monitoring images then never include them
+            self.game.attach_data(self.train_data, lambda split: load_dataset(cfg, split, data_dir))
+            self.eval_data = self.game.without_labelled(self.eval_data)
         if self.dist.enabled:
             self.game.distribute()  # DDP broadcasts rank 0's initial weights to every process
             if not self.dist.is_main:  # independent z, eps and dropout noise per process
@@ -199,6 +201,8 @@ class Trainer:
         self.metrics = [dict(row) for row in extra.get("metrics", [])]
         if "torch_rng" in extra and self.dist.is_main:
             torch.set_rng_state(extra["torch_rng"])
+        if hasattr(self.game, "restore_extra_state"):  # the K+1 game's labelled subset, as the run drew it
+            self.game.restore_extra_state(extra)
         self.log(f"resumed {self.checkpoint_path} at step {self.pos.step} (epoch {self.pos.epoch + 1}, "
                  f"batch {self.pos.batch}/{self.steps_per_epoch})")
 

@@ -17,14 +17,20 @@ softplus(s_q) + softplus(-s_p), on the unlabelled and generated pairs (paper Eq.
 the unlabelled pairs when ``train.alice`` is on; the supervised term trains D only. D's class prediction for a
 test image is argmax_k<=K l_k(x, mu(x)) (``class_logits``).
 
-The game holds the labelled subset itself: ``attach_data`` picks ``labels`` training examples, balanced over the
-K classes and drawn with train.seed, and each step draws a labelled batch from them with torch's generator (so a
-resumed run, which restores that generator, continues the same sequence). The chosen indices are saved in the
-checkpoint's ``extra["labelled_indices"]``.
+The game holds the labelled subset itself: ``attach_data`` picks ``labels`` examples of the labelled split
+(``train.semi_supervised.labelled_split``), balanced over the K classes and drawn with train.seed, and each step
+draws a labelled batch from them with torch's generator (so a resumed run, which restores that generator, continues
+the same sequence); the unlabelled pairs come from the training split. The labelled split defaults to the dataset's
+choice: for SVHN the 73,257-image ``train_32x32.mat`` (alitool's ``val`` split), where the baselines the paper
+compares with (Salimans et al. 2016) take their 1000 labels, while ALI trains on ``extra``; for every other dataset
+the training split itself. The chosen indices and the split they index are saved in the checkpoint's
+``extra["labelled_indices"]`` and ``extra["labelled_split"]``; a resumed run takes them from there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -59,9 +65,10 @@ def kplus1_config(cfg: Config) -> Config:
     return replace(cfg, model=replace(cfg.model, disc_xz=table[:-1] + (widened,)))
 
 
-def balanced_labelled_subset(labels: np.ndarray, n_labels: int, classes: int, seed: int) -> np.ndarray:
+def balanced_labelled_subset(labels: np.ndarray, n_labels: int, classes: int, seed: int,
+                             where: str = "the training split") -> np.ndarray:
     """Sorted indices of ``n_labels`` examples, ``n_labels / classes`` of each class 0..classes-1, drawn without
-    replacement from a generator seeded by ``seed``."""
+    replacement from a generator seeded by ``seed``. ``where`` names the split in the error messages."""
     if n_labels % classes:
         raise UserError(f"{n_labels} labels do not split evenly over {classes} classes; use a multiple of {classes}")
     per_class = n_labels // classes
@@ -70,9 +77,42 @@ def balanced_labelled_subset(labels: np.ndarray, n_labels: int, classes: int, se
     for c in range(classes):
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:
-            raise UserError(f"class {c} has {len(members)} training examples; {per_class} labelled ones are needed")
+            raise UserError(f"class {c} has {len(members)} examples in {where}; {per_class} labelled ones are "
+                            f"needed ({n_labels} labels over {classes} classes)")
         chosen.append(rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+# The split the labelled examples come from when train.semi_supervised.labelled_split is empty: SVHN's 73k
+# train_32x32.mat (alitool's val), the labelled pool of the feature-matching GAN the paper compares with (Salimans
+# et al. 2016) and of the L2-SVM protocol, while ALI trains on extra (alitool/data/svhn.py). Elsewhere: the
+# training split.
+DEFAULT_LABELLED_SPLIT = {"svhn": "val"}
+# Split names that are one set of images under another name: the labelled split is compared, stored and checked
+# by the name of what it holds. SVHN's aliases name its files (alitool/data/svhn.py); digits serves its test images
+# as val too (alitool/data/digits.py).
+SPLIT_ALIASES = {"svhn": {"extra": "train", "official-train": "val"}, "digits": {"val": "test"}}
+# Splits that hold the test images among others: labels drawn from them would be scored on by eval classify.
+HOLDS_TEST = {"digits": ("all",)}
+
+
+def canonical_split(dataset: str, split: str) -> str:
+    """The name of the images ``split`` of ``dataset`` holds (SVHN's ``extra`` is ``train``, digits' ``val`` is
+    ``test``)."""
+    return SPLIT_ALIASES.get(dataset, {}).get(split, split)
+
+
+def labelled_split(cfg: Config) -> str:
+    """The split the K+1 game's labelled examples come from (section 4.3): train.semi_supervised.labelled_split, or
+    the dataset's choice where it is empty, by canonical name. The test split, which ``alitool eval classify``
+    scores, is refused: its labels must never be trained on."""
+    dataset = cfg.data.name
+    asked = cfg.train.semi_supervised.labelled_split
+    split = canonical_split(dataset, asked or DEFAULT_LABELLED_SPLIT.get(dataset, "train"))
+    if split == "test" or split in HOLDS_TEST.get(dataset, ()):
+        raise UserError(f"train.semi_supervised.labelled_split={asked}: that split holds the {dataset} test images, "
+                        "which alitool eval classify scores; draw the labels from train or val")
+    return split
 
 
 def real_logit(logits: Tensor) -> Tensor:
@@ -107,7 +147,7 @@ def class_logits(encoder: nn.Module, discriminator: nn.Module, x: Tensor, z: str
 
 
 class SemiSupervisedGame(ALIGame):
-    """ALI with a K+1 discriminator and a balanced labelled subset of the training set."""
+    """ALI with a K+1 discriminator and a balanced labelled subset of the labelled split (``labelled_split``)."""
 
     name = "ali-kplus1"
 
@@ -125,27 +165,87 @@ class SemiSupervisedGame(ALIGame):
         self.classes = cfg.train.semi_supervised.classes
         self.labelled_batch = cfg.train.semi_supervised.labelled_batch_size or cfg.train.batch_size
         self.labelled_indices: np.ndarray | None = None
+        self.labelled_split: str | None = None  # canonical name of the split labelled_indices index
+        self._train: ArrayDataset | None = None  # attach_data's training split and loader of the other splits
+        self._load_split: Callable[[str], ArrayDataset] | None = None
+        self._training_split = "train"
         self.x_labelled: Tensor | None = None
         self.y_labelled: Tensor | None = None
 
-    def attach_data(self, train: ArrayDataset) -> None:
-        """Pick the labelled subset of ``train`` (the only labels the game ever sees) and keep it on the device."""
+    def attach_data(self, train: ArrayDataset, load_split: Callable[[str], ArrayDataset] | None = None) -> None:
+        """Pick the labelled subset (the only labels the game ever sees) from the labelled split and keep it on the
+        device. ``train`` is the training split; ``load_split(name)`` loads another split of the same dataset."""
+        self._train, self._load_split = train, load_split
+        self._training_split = canonical_split(train.name, train.split)
+        split = labelled_split(self.cfg)
+        source = self._labelled_source(split)
         semi = self.cfg.train.semi_supervised
-        if train.y is None:
-            raise UserError(f"the {train.name} {train.split} split has no labels; the K+1 game needs a labelled "
-                            "dataset")
-        if train.y.min() < 0 or train.y.max() >= self.classes:
-            raise UserError(f"{train.name} labels run {train.y.min()}..{train.y.max()}; train.semi_supervised."
-                            f"classes is {self.classes}")
-        idx = balanced_labelled_subset(train.y, semi.labels, self.classes, self.cfg.train.seed)
-        self.labelled_indices = idx
-        self.x_labelled = train.float_batch(idx).to(self.device)
-        self.y_labelled = torch.from_numpy(train.y[idx]).long().to(self.device)
+        where = f"the {source.name} {split} split"
+        self._use(split, source, balanced_labelled_subset(source.y, semi.labels, self.classes, self.cfg.train.seed,
+                                                          where))
+
+    def _labelled_source(self, split: str) -> ArrayDataset:
+        """The split ``split`` (a canonical name), checked to carry labels in 0..K-1."""
+        if split == self._training_split:
+            source = self._train
+        elif self._load_split is None:
+            raise UserError(f"train.semi_supervised.labelled_split: the labels come from the {split} split, which "
+                            "this caller did not provide")
+        else:
+            try:
+                source = self._load_split(split)
+            except UserError as err:  # an unknown split name, or its files missing: say which key asked for it
+                raise UserError(f"train.semi_supervised.labelled_split={split}: {err}") from None
+        if source.y is None:
+            raise UserError(f"the {source.name} {split} split has no labels; the K+1 game needs a labelled split "
+                            "(train.semi_supervised.labelled_split)")
+        if len(source.y) and (source.y.min() < 0 or source.y.max() >= self.classes):
+            raise UserError(f"{source.name} {split} labels run {source.y.min()}..{source.y.max()}; "
+                            f"train.semi_supervised.classes is {self.classes}")
+        return source
+
+    def _use(self, split: str, source: ArrayDataset, idx: np.ndarray) -> None:
+        self.labelled_split, self.labelled_indices = split, idx
+        self.x_labelled = source.float_batch(idx).to(self.device)
+        self.y_labelled = torch.from_numpy(source.y[idx]).long().to(self.device)
+
+    def without_labelled(self, data: ArrayDataset) -> ArrayDataset:
+        """``data`` less the labelled examples, where it is the split they came from and that is not the training
+        split (SVHN's val, the trainer's monitoring images): the figures and recon_mse never show a labelled
+        image."""
+        if self.labelled_indices is None or self.labelled_split == self._training_split or \
+                canonical_split(data.name, data.split) != self.labelled_split:
+            return data
+        keep = np.setdiff1d(np.arange(len(data)), self.labelled_indices)
+        rows = {k: getattr(data, k)[keep] for k in ("x", "y", "attrs") if getattr(data, k) is not None}
+        return dataclasses.replace(data, **rows)
 
     def extra_state(self) -> dict:
         if self.labelled_indices is None:
             return {}
-        return {"labelled_indices": torch.from_numpy(self.labelled_indices.astype(np.int64))}
+        return {"labelled_indices": torch.from_numpy(self.labelled_indices.astype(np.int64)),
+                "labelled_split": self.labelled_split}
+
+    def restore_extra_state(self, extra: dict) -> None:
+        """On resume: the labelled subset the checkpoint recorded, from the split it names. A checkpoint without
+        ``labelled_split`` comes from before that key, when the labels always came from the training split. A
+        labelled split named in the config that differs from the run's is refused: the run keeps its labels."""
+        saved = extra.get("labelled_indices")
+        if saved is None:
+            return
+        split = str(extra.get("labelled_split", self._training_split))
+        asked = self.cfg.train.semi_supervised.labelled_split
+        if asked and labelled_split(self.cfg) != split:
+            raise UserError(f"a resumed run keeps its labelled examples: they come from the {split} split, not "
+                            f"train.semi_supervised.labelled_split={asked}")
+        idx = saved.cpu().numpy().astype(np.int64) if isinstance(saved, Tensor) else np.asarray(saved, np.int64)
+        if split == self.labelled_split and np.array_equal(idx, self.labelled_indices):
+            return
+        source = self._labelled_source(split)
+        if len(idx) and (idx.min() < 0 or idx.max() >= len(source)):
+            raise UserError(f"the checkpoint's labelled indices run to {idx.max()}, but the {source.name} {split} "
+                            f"split has {len(source)} examples: were its files replaced?")
+        self._use(split, source, idx)
 
     def step(self, x: Tensor) -> dict[str, Tensor]:
         if self.x_labelled is None:
