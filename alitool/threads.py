@@ -254,3 +254,30 @@ def choose_threads(
         f"{threads_phrase(n)}: {size}, {free} of {available} cores free (other work uses "
         f"{busy:.1f}){cap}; {OVERRIDE_HINT}",
     )
+
+
+def choose_inference_threads(
+    requested: int = 0,
+    *,
+    available: int | None = None,
+    physical: int | None = None,
+    measure_busy: Callable[[], float | None] = busy_cores,
+) -> ThreadChoice:
+    """The model's intra-op thread count for ``encode`` / ``reconstruct`` / ``interpolate`` / ``sample``:
+    ``requested`` (``--threads N``) wins; otherwise the free cores, as for large training work: the cores of the
+    affinity mask and cgroup quota (ONNX Runtime and PyTorch would count the whole machine's, 64 threads in a
+    2-core container), less what other work uses now, at most one per physical core, at least 1. There is no
+    small-work rule: a batch of 64 images is tens of milliseconds of arithmetic, worth a second core."""
+    if requested > 0:
+        return ThreadChoice(requested, f"{threads_phrase(requested)}: as asked (--threads)")
+    available = available_cores() if available is None else available
+    physical = physical_cores() if physical is None else physical
+    busy = measure_busy()
+    if busy is None:
+        n = min(available, physical)
+        return ThreadChoice(n, f"{threads_phrase(n)}: {available} cores available (load unknown); {OVERRIDE_HINT}")
+    free = max(1, available - round(busy))
+    n = min(free, physical)
+    return ThreadChoice(
+        n, f"{threads_phrase(n)}: {free} of {available} cores free (other work uses {busy:.1f}); {OVERRIDE_HINT}"
+    )

@@ -21,6 +21,7 @@ from alitool.threads import (
     available_cores,
     busy_cores,
     cgroup_cpu_limit,
+    choose_inference_threads,
     choose_threads,
     cores_for_quota,
     cpu_jiffies,
@@ -189,6 +190,18 @@ def test_large_work_takes_the_free_cores():
     assert unknown.threads == 4 and "load unknown" in unknown.reason
 
 
+def test_inference_takes_the_free_cores_of_its_mask_whatever_the_model():
+    assert choose_inference_threads(3, measure_busy=_no_load_sample) == (3, "3 threads: as asked (--threads)")
+    idle = choose_inference_threads(available=2, physical=2, measure_busy=lambda: 0.1)
+    assert idle.threads == 2 and idle.reason.startswith("2 threads: 2 of 2 cores free")
+    assert choose_inference_threads(available=2, physical=2, measure_busy=lambda: 1.0).threads == 1
+    assert choose_inference_threads(available=2, physical=2, measure_busy=lambda: 5.0).threads == 1  # at least 1
+    # a container's quota (available) below the machine's cores (physical), and hyperthreads above them
+    assert choose_inference_threads(available=2, physical=64, measure_busy=lambda: 0.0).threads == 2
+    assert choose_inference_threads(available=16, physical=8, measure_busy=lambda: 0.0).threads == 8
+    assert "load unknown" in choose_inference_threads(available=4, physical=4, measure_busy=lambda: None).reason
+
+
 def test_processes_on_one_machine_share_its_cores():
     assert choose_threads(89e9, processes=2, available=8, physical=8, measure_busy=_no_load_sample).threads == 4
     assert choose_threads(89e9, processes=4, available=2, physical=2, measure_busy=_no_load_sample).threads == 1
@@ -290,5 +303,7 @@ def test_encode_threads_option_reaches_both_runtimes(tmp_path):
         exporter="torchscript",
         log=lambda _: None,
     )
+    chosen = invoke_cli("encode", tmp_path / "digits", "--model", tmp_path / "export", "--out", tmp_path / "f2.npy")
+    assert chosen.exit_code == 0 and "model threads: " in chosen.output, chosen.output
     onnx = open_model(tmp_path / "export", backend="onnxruntime", device="cpu", threads=1)
     assert onnx.sessions["encoder"].get_session_options().intra_op_num_threads == 1

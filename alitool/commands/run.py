@@ -65,8 +65,9 @@ def input_options(fn):
     fn = click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
                       help="Keep every K-th video frame.")(fn)
     fn = click.option("--threads", type=click.IntRange(0, 4096), default=0,
-                      help="CPU threads of the model (default: the runtime's own choice, one per core, beside the "
-                           "--workers decode threads). On a busy machine 1 can be much faster.")(fn)
+                      help="CPU threads of the model (default: the cores this process may use, by affinity and cgroup "
+                           "quota, less those other work is using now; said on stdout). On a busy machine 1 can "
+                           "be much faster.")(fn)
     fn = click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS, show_default=True,
                       help="Threads that decode and resize inputs while the model runs.")(fn)
     fn = click.option("--batch-size", type=MemoryCount(min=1), default=64, show_default=True,
@@ -82,13 +83,27 @@ def _open_model(model: str | None, backend: str = "auto", device: str = "auto", 
     from alitool.runs import resolve_model
 
     path = resolve_model(model, backend=backend)
-    loaded = open_model(path, backend, device, need_decoder, threads=threads)
-    if threads and loaded.name == "torch":  # only a checkpoint needs torch; its thread count is process-wide
+    choice = _model_threads(threads, device)
+    loaded = open_model(path, backend, device, need_decoder, threads=choice.threads if choice else 0)
+    if choice and loaded.name == "torch":  # only a checkpoint needs torch; its thread count is process-wide
         import torch
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(choice.threads)
     click.echo(describe_model(path, loaded))
+    if choice and not threads:
+        click.echo(f"model threads: {choice.reason}")
     return loaded
+
+
+def _model_threads(threads: int, device: str):
+    """The model's CPU threads (alitool/threads.py ``choose_inference_threads``): --threads N as given, else the
+    free cores of this process's affinity mask and cgroup quota. None on an explicit GPU device, whose runtime
+    keeps its own."""
+    from alitool.threads import choose_inference_threads
+
+    if device not in ("auto", "cpu") and not threads:
+        return None
+    return choose_inference_threads(threads)
 
 
 def _claim_out(out: Path, inputs=(), also=()) -> None:

@@ -55,7 +55,7 @@ CONTRACT_VERSION = 1
 # Every extension OpenCV decodes as a still image; the one list for training folders, --calib folders and SOURCES.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
 # A 20000x20000 RGB image is 1.2 GB decoded; refuse such files before decoding them, from their header.
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 64_000_000  # megapixels as `encode --max-megapixels` counts them: millions
 # The largest limit anyone may ask for (--max-megapixels): also OpenCV's own decode-size guard, which it reads
 # from the environment when cv2 is first imported (``cv2_module``), a second line of defence for every format.
 MAX_PIXELS_CEILING = 256 * 1024 * 1024
