@@ -86,7 +86,8 @@ def test_encode_skips_each_bad_input_with_one_warning_line(tmp_path, model):
     result = run("encode", *sources, "--out", out, "--model", model, "--batch-size", 4)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == len(bad) + 2 == len(result.stderr.splitlines())  # the "model:" line is on stdout
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]  # the default --features
+    assert len(notes) == 1 and len(warnings) == len(bad) + 2 == len(result.stderr.splitlines()) - 1  # "model:": stdout
     for name in [*bad, "empty", "missing.png"]:
         assert sum(f"{os.sep}{name}: skipped: " in w for w in warnings) == 1, name
     assert "Traceback" not in result.output

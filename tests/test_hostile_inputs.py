@@ -315,7 +315,7 @@ def test_encode_on_hostile_files_one_line_each_and_bounded_memory(tmp_path):
     assert "Traceback" not in output
     warnings = [line for line in output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == len(bad) + 2, output  # + the truncated PNG and the NUL line
-    informational = ("warning:", "model:", "model threads:")
+    informational = ("warning:", "note:", "model:", "model threads:")
     others = [line for line in output.splitlines() if line and not line.startswith(informational)]
     assert len(others) == 1, output  # the summary only: no libpng / libjpeg / OpenCV chatter
     assert "12000x12000 (144 Mpixel)" in output and "contains NaN" in output and "NUL byte" in output

@@ -157,6 +157,22 @@ def _sources_or_dataset(sources, dataset_split) -> None:
                         "for a conditional model's own dataset)")
 
 
+# Why: a user study's classifier on the default z_mean scored below the raw pixels, where --features paper scored
+# above them; the measured table is in docs/encode.md (benchmarks/feature_choice.py reproduces it).
+DEFAULT_FEATURES_NOTE = ("note: wrote z_mean, the posterior mean (the default --features mean); for a linear "
+                         "classifier or retrieval --features paper measured better (section 4.3 features; not in "
+                         "INT8 files): docs/encode.md, \"Which features to use\". Give --features to silence this.")
+
+
+def _note_default_features() -> None:
+    """One stderr line when --features was left at its default: z_mean is what most users get, and it is not the
+    best input for the classifier they usually want it for (paper section 4.3 uses the wider vector)."""
+    from click.core import ParameterSource
+
+    if click.get_current_context().get_parameter_source("features") is ParameterSource.DEFAULT:
+        click.echo(DEFAULT_FEATURES_NOTE, err=True)
+
+
 def _finish(report, strict: bool, wrote: str) -> None:
     click.echo(f"{report.summary()}; wrote {wrote}")
     if strict and (report.skipped or report.notices):
@@ -173,7 +189,10 @@ def _finish(report, strict: bool, wrote: str) -> None:
 @condition_options
 @dataset_options
 @click.option("--features", type=click.Choice(["mean", "z", "paper"]), default="mean", show_default=True,
-              help="mean: posterior mean z_mean; z: a sample of q(z|x); paper: the section 4.3 SVM features.")
+              help="mean: posterior mean z_mean (latent_dim wide; a compact code, not the best classifier "
+                   "input); z: a sample of q(z|x); paper: the section 4.3 SVM features, which measured better "
+                   "for a linear classifier or retrieval (docs/encode.md, \"Which features to use\"; not in INT8 "
+                   "files).")
 @click.option("--seed", type=SEED, default=None, help="Seed for --features z.")
 @click.option("--max-megapixels", type=FiniteFloatRange(0.001, MAX_MEGAPIXELS), default=64.0, show_default=True,
               help="Skip images larger than this (checked from the header, before decoding).")
@@ -189,6 +208,10 @@ def encode(sources, out, model, backend, device, batch_size, workers, threads, s
 
     Next to OUT goes OUT's name with .index.csv (row, source, frame, time_s): row i of the .npy is row i of
     the index. Bad inputs are skipped with one warning line each.
+
+    The default features are z_mean, the posterior mean. To train a linear classifier or search by similarity,
+    use --features paper (paper section 4.3): on digits and Fashion-MNIST it measured better than z_mean and
+    than the raw pixels (docs/encode.md, "Which features to use"). Without --features a note on stderr says so.
 
     \b
     Examples:
@@ -212,6 +235,7 @@ def encode(sources, out, model, backend, device, batch_size, workers, threads, s
         with interruptible(out):
             report = encode_dataset_to_npy(loaded, dataset_split, out, kind=features, data_dir=data_dir,
                                            y=fixed_condition(loaded, class_, attrs), batch_size=batch_size)
+        _note_default_features()
         _finish(report, strict, f"{out} [{report.rows}, {report.dim}] and {index_path_for(out)}")
         return
     from alitool.conditional_run import with_fixed_condition
@@ -221,6 +245,7 @@ def encode(sources, out, model, backend, device, batch_size, workers, threads, s
         report = encode_to_npy(loaded, sources, out, kind=features, batch_size=batch_size, workers=workers,
                                stride=stride, max_pixels=int(max_megapixels * 1e6), progress=progress,
                                jpeg_draft=not full_jpeg_decode)
+    _note_default_features()
     _finish(report, strict, f"{out} [{report.rows}, {report.dim}] and {index_path_for(out)}")
 
 
