@@ -275,13 +275,26 @@ def test_index_names_are_utf8_and_never_formulas(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------------
 # The whole command on every bad file at once, in a subprocess: one line each, bounded memory, no chatter.
 
-PEAK_SCRIPT = """
-import resource, sys
+# The child's own peak: VmHWM belongs to the address space exec made. ru_maxrss would not do: Linux carries it
+# across fork and exec, so a child of a large pytest process reports the parent's size, and the bound below could
+# never fail once pytest itself has grown past it.
+PEAK_OF_THIS_PROCESS = """
+def peak_rss_kb():
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+
+PEAK_SCRIPT = PEAK_OF_THIS_PROCESS + """
+import sys
 from alitool.cli import main
 try:
     main(sys.argv[1:], prog_name="alitool")
 finally:
-    print(f"PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+    print(f"PEAK_RSS_KB {peak_rss_kb()}", file=sys.stderr)
 """
 
 
@@ -321,11 +334,11 @@ def test_encode_on_hostile_files_one_line_each_and_bounded_memory(tmp_path):
     assert "12000x12000 (144 Mpixel)" in output and "contains NaN" in output and "NUL byte" in output
 
 
-BOMB_SCRIPT = """
-import resource, sys
+BOMB_SCRIPT = PEAK_OF_THIS_PROCESS + """
+import sys
 from alitool.data.imagefiles import ImageSource, decode_all
 print(decode_all(ImageSource("set.zip"), sys.argv[1:], 8, 1)[1].tolist())
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("PEAK_RSS_KB", peak_rss_kb())
 """
 
 
