@@ -56,6 +56,27 @@ def test_help_has_examples_and_version_reports_runtimes(tmp_path):
     assert list(tmp_path.iterdir()) == []  # asking for help or the version writes nothing (no runs/ folder)
 
 
+def test_max_steps_0_writes_the_untrained_networks(tmp_path):
+    """--max-steps 0 is the untrained baseline's command (config max_steps 0 means "no limit"): a step-0 checkpoint
+    of the initialised networks, the same for the same seed, and one training step changes them."""
+    import torch
+
+    weights = {}
+    for name, steps in (("a", "0"), ("b", "0"), ("c", "1")):
+        result = alitool("train", "digits", "--max-steps", steps, "--seed", "3", "--out", name, "--threads", "1",
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        payload = load_checkpoint(tmp_path / name / "checkpoint.pt")
+        assert payload["step"] == int(steps)
+        weights[name] = payload["models"]["encoder"]
+    assert "untrained" in alitool("train", "digits", "--max-steps", "0", "--out", "d", cwd=tmp_path).stdout
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+    again = alitool("train", "digits", "--resume", "c", "--max-steps", "0", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    assert load_checkpoint(tmp_path / "c" / "checkpoint.pt")["step"] == 1
+
+
 @pytest.mark.slow
 def test_missing_data_leaves_no_empty_run_folder(tmp_path):
     result = alitool("train", "svhn", "--data-dir", str(tmp_path / "nothing"), cwd=tmp_path)

@@ -21,7 +21,8 @@ from alitool.runs import NEWEST
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (overrides train.epochs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (overrides train.batch_size).")
 @click.option("--max-steps", type=click.IntRange(min=0), default=None,
-              help="Stop after this many steps in total (smoke tests).")
+              help="Stop after this many steps in total (smoke tests). 0: write the initialised, untrained "
+                   "networks and stop (the untrained baseline for alitool eval).")
 @click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None, help="Random seed (overrides train.seed).")
 @click.option("--resume", "resume", is_flag=False, flag_value=NEWEST, default=None, metavar="[RUN]",
@@ -46,6 +47,7 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
       alitool train digits                          # real data bundled with scikit-learn, CPU-sized
       alitool train svhn --data-dir ~/data/svhn     # the paper's SVHN model (table 4)
       alitool train digits --max-steps 50 --set train.lr=2e-4
+      alitool train fashion-mnist --max-steps 0 --out runs/fm-init   # the untrained network, for eval svm
       alitool train digits --resume                 # continue the newest digits run
       alitool train digits --resume runs/digits-2   # continue that run
       alitool train digits --nproc 2                # 2 processes (DDP, gloo on CPU / NCCL on GPU)
@@ -59,7 +61,10 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
     from alitool.trainers import distributed
     from alitool.trainers.resume import run_config
 
-    flags = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "device": device, "seed": seed}
+    # --max-steps 0 asks for the initialised networks (in the config, max_steps 0 means "no limit").
+    untrained = max_steps == 0
+    flags = {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps or None, "device": device,
+             "seed": seed}
     flags = {k: v for k, v in flags.items() if v is not None}
     if conditional:
         overrides = (*overrides, "model.conditional=true")
@@ -109,6 +114,9 @@ def train(dataset, data_dir, out, epochs, batch_size, max_steps, device, seed, r
                    f"{f', {dist.world_size} processes' if dist.enabled else ''})", err=True)
         click.echo(thread_choice.reason, err=True)
     try:
+        if untrained:
+            _write_untrained(trainer, fresh=resume is None)
+            return
         pos = trainer.fit()
     finally:
         distributed.shutdown(dist)
@@ -139,3 +147,16 @@ def _without_nproc(argv: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             kept.append(arg)
     return kept
+
+
+def _write_untrained(trainer, fresh: bool) -> None:
+    """--max-steps 0: the networks as initialised (data-dependent output bias included), saved as a step-0
+    checkpoint: the untrained baseline that a representation's evaluation is set against (paper section 4.3)."""
+    if not trainer.dist.is_main:
+        return
+    if fresh:
+        trainer.save()
+        click.echo(f"done at step 0 (--max-steps 0: the initialised, untrained networks). checkpoint: "
+                   f"{trainer.checkpoint_path}")
+    else:
+        click.echo(f"nothing to do: --max-steps 0 with --resume leaves {trainer.checkpoint_path} as it is")
