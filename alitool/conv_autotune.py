@@ -20,6 +20,13 @@ which way the layers of alitool/layers.py take during the training step's forwar
 - ``onednn``: never anything else; ``products``: the products wherever they apply;
 - ``rule``: ``conv_gemm.pays_off``, the fixed rule of earlier releases (to reproduce their figures).
 
+Each layer is timed alone, and a way that wins alone can lose inside the step (a copy into the other memory order
+that its neighbours then pay for; measured: picks 4-10 % slower than oneDNN alone in some fp32 steps). So under
+``auto`` the step itself has the last word (``StepCheck``): after the first step, which timed the layers, the next
+``STEP_ROUNDS`` pairs of training steps run the picks and oneDNN alone in turn, and oneDNN alone is kept unless
+the picks' best step beats its best by ``STEP_MARGIN``; the verdict is cached with the layers' choices, keyed by
+the step's set of layer shapes. These steps are real training steps: only their speed differs.
+
 Outside a training step (no ``conv_path`` context: sampling, reconstruction, encoding, export) and inside
 torch.compile's or a tracer's graphs, the layers follow the rule as before. A forward pass without gradients
 inside a training context (``auto``) is keyed and timed separately, forward only.
@@ -67,12 +74,21 @@ MARGIN = 1.05
 # is spent elsewhere (the tiny test models all fall below it).
 MIN_TUNED_MACS = 10_000_000
 WARMUP, ROUNDS = 1, 3
+# The whole-step check: pairs of steps (oneDNN alone, the picks) timed after the first step, and the margin the
+# picks' best step must win by.
+STEP_ROUNDS = 3
+STEP_MARGIN = 1.02
+STEP_VERDICTS = ("picks", "onednn")
 CACHE_FORMAT = 1
 CACHE_ENV = "ALITOOL_CACHE"
 
 _log = logging.getLogger("alitool")
 # The train.conv_path of the forward pass being run; None outside a training step.
 _mode: contextvars.ContextVar[str | None] = contextvars.ContextVar("alitool_conv_path", default=None)
+# Set by ``StepCheck`` for a step that runs ``auto``'s layers on oneDNN alone; None: the picks.
+_step_onednn: contextvars.ContextVar[bool] = contextvars.ContextVar("alitool_step_onednn", default=False)
+# (layer key, path) of every convolution of a ``StepCheck``'s first step; None when nobody is listening.
+_seen: contextvars.ContextVar[list | None] = contextvars.ContextVar("alitool_conv_seen", default=None)
 
 
 @contextlib.contextmanager
@@ -193,7 +209,8 @@ def _read(path: Path, described: dict[str, str]) -> dict[str, dict]:
         raise ValueError("not a conv path cache of this format and machine")
     choices = data.get("choices")
     if not isinstance(choices, dict) or not all(
-            isinstance(c, dict) and c.get("path") in PATHS for c in choices.values()):
+            isinstance(c, dict) and c.get("path") in (STEP_VERDICTS if k.startswith("step ") else PATHS)
+            for k, c in choices.items()):
         raise ValueError("a choice names no known path")
     return choices
 
@@ -248,11 +265,13 @@ class Autotuner:
     def choose(self, mode: str, transposed: bool, x: Tensor, weight: Tensor, bias: Tensor | None,
                stride: tuple[int, int]) -> str:
         sig = signature(transposed, x, weight, bias, stride)
-        known = self.decisions.get((mode, sig))
-        if known is not None:
-            return known.path
-        decision = self._decide(mode, layer_key(sig), transposed, x, weight, bias, stride)
-        self.decisions[(mode, sig)] = decision
+        decision = self.decisions.get((mode, sig))
+        if decision is None:
+            decision = self._decide(mode, layer_key(sig), transposed, x, weight, bias, stride)
+            self.decisions[(mode, sig)] = decision
+        seen = _seen.get()
+        if seen is not None:
+            seen.append((layer_key(sig), decision.path))
         return decision.path
 
     def _decide(self, mode: str, key: str, transposed: bool, x: Tensor, weight: Tensor, bias: Tensor | None,
@@ -375,6 +394,8 @@ def path_for(transposed: bool, x: Tensor, weight: Tensor, bias: Tensor | None, s
     mode = _mode.get()
     if mode is None:
         return _rule(transposed, x, weight, stride)
+    if mode == "auto" and _step_onednn.get():
+        mode = "onednn"
     return tuner().choose(mode, transposed, x, weight, bias, tuple(stride))
 
 
@@ -383,3 +404,77 @@ def describe(mode: str) -> str:
     ~/.cache/alitool/conv_paths-....json): 3 of 8 layer shapes as im2col products, the rest oneDNN (8 from the
     cache)". Call it after the first training step: the shapes are known only once they have run."""
     return tuner().describe(mode)
+
+
+# ---- the whole step's word ---------------------------------------------------------------------------------
+
+class StepCheck:
+    """``auto``'s per-layer picks against oneDNN alone, timed on whole training steps (module docstring). Wrap
+    each training step (forward, backward, optimiser) in ``with check.step():``; ``report()`` gives the log line
+    once the verdict is in. Under any other ``train.conv_path`` it only passes the steps through."""
+
+    def __init__(self, mode: str, rounds: int = STEP_ROUNDS, margin: float = STEP_MARGIN):
+        self.rounds, self.margin = rounds, margin
+        self.verdict: str | None = None if mode == "auto" else "pinned"
+        self.source = ""  # timed | cached | no picks: how the verdict came
+        self.trials: list[str] = []  # the ways of the steps still to time
+        self.best: dict[str, float] = {}
+        self.key = ""
+        self._first = mode == "auto"
+        self._told = mode != "auto"
+
+    @property
+    def settled(self) -> bool:
+        return self.verdict is not None
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        way = self.trials[0] if self.trials else ("onednn" if self.verdict == "onednn" else "picks")
+        seen: list | None = [] if self._first else None
+        onednn_token, seen_token = _step_onednn.set(way == "onednn"), _seen.set(seen)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            _step_onednn.reset(onednn_token)
+            _seen.reset(seen_token)
+        elapsed = time.perf_counter() - start  # reached only when the step did not raise
+        if seen is not None:
+            self._first = False
+            self._after_first_step(seen)
+        elif self.trials:
+            self.trials.pop(0)
+            self.best[way] = min(self.best.get(way, float("inf")), elapsed)
+            if not self.trials:
+                self._decide()
+
+    def _after_first_step(self, seen: list[tuple[str, str]]) -> None:
+        if all(path == "onednn" for _, path in seen):
+            self.verdict, self.source = "picks", "no picks"  # every layer runs oneDNN already: nothing to weigh
+            return
+        shapes = "\n".join(sorted({key for key, _ in seen}))
+        self.key = "step " + hashlib.sha256(shapes.encode()).hexdigest()[:16]
+        cached = tuner()._load().get(self.key)
+        if cached is not None:
+            self.verdict, self.source = cached["path"], "cached"
+            self.best = {way: ms / 1000 for way, ms in cached.get("ms", {}).items()}
+        else:
+            self.trials = ["onednn", "picks"] * max(self.rounds, 1)  # taking turns, as the layers' timing does
+
+    def _decide(self) -> None:
+        self.verdict = "picks" if self.best["picks"] * self.margin <= self.best["onednn"] else "onednn"
+        self.source = "timed"
+        tuner()._store(self.key, {"path": self.verdict,
+                                  "ms": {way: round(1000 * s, 1) for way, s in self.best.items()}})
+
+    def report(self) -> str | None:
+        """The log line, once, when the verdict is in (None before, after, and where there is nothing to weigh)."""
+        if self._told or self.verdict is None:
+            return None
+        self._told = True
+        if self.source == "no picks":
+            return None
+        steps = ", ".join(f"{way} {1000 * s:.0f} ms" for way, s in sorted(self.best.items()))
+        kept = "the per-layer picks kept" if self.verdict == "picks" else "oneDNN alone kept for every layer"
+        how = "from the cache" if self.source == "cached" else f"best of {self.rounds} steps each"
+        return f"conv paths, whole step: {kept} ({steps}; {how})"

@@ -84,20 +84,26 @@ class NaiveGame:
         self.opt_g.step()
 
 
-def time_interleaved(games: list, x, warmup: int, rounds: int) -> list[tuple[float, float]]:
+def time_interleaved(games: list, checks: list, x, warmup: int, rounds: int) -> list[tuple[float, float]]:
     """Median wall seconds and median CPU seconds (all threads of this process) per step of each game. The games
     take turns, one step each per round, so a slow spell of a shared machine (these VMs' cores are time-shared:
     the same step measured 0.36-0.60 s back to back) lands on all of them alike. CPU time is the steadier
-    figure: it is what the step costs, whoever else holds the machine."""
-    for game in games:
+    figure: it is what the step costs, whoever else holds the machine. Each game's steps run under its
+    ``StepCheck``, as the trainer runs them, and the check's own steps come before the warm-up."""
+    for game, check in zip(games, checks, strict=True):
+        while not check.settled:
+            with check.step():
+                game.step(x)
         for _ in range(warmup):
-            game.step(x)
+            with check.step():
+                game.step(x)
     wall: list[list[float]] = [[] for _ in games]
     cpu: list[list[float]] = [[] for _ in games]
     for _ in range(rounds):
         for i, game in enumerate(games):
             start, start_cpu = time.perf_counter(), time.process_time()
-            game.step(x)
+            with checks[i].step():
+                game.step(x)
             wall[i].append(time.perf_counter() - start)
             cpu[i].append(time.process_time() - start_cpu)
     return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu, strict=True)]
@@ -206,7 +212,8 @@ def main() -> None:
     for _, make in variants:
         torch.manual_seed(0)
         games.append(make())
-    times = time_interleaved(games, x, args.warmup, args.steps)
+    checks = [conv_autotune.StepCheck(game.cfg.train.conv_path) for game in games]  # the naive game: onednn
+    times = time_interleaved(games, checks, x, args.warmup, args.steps)
     flops = [step_flops(game, x) for game in games]
     how, fp32_peak, bf16_peak = peaks()
     print(f"# peak: {how}")
@@ -224,6 +231,10 @@ def main() -> None:
         print(f"| {label} | {wall:.3f} | {cpu:.3f} | {naive_wall / wall:.2f}x | {naive_cpu / cpu:.2f}x | "
               f"{plain_cpu / cpu:.2f}x | {used} |")
     print(f"\n{conv_autotune.describe('auto')}")
+    for (label, _), check in zip(variants, checks, strict=True):
+        line = check.report()
+        if line:
+            print(f"{label}: {line}")
     print("\n| Adam step, all parameters | ms |\n|---|---|")
     for label, ms in time_optimizers(off, steps=10):
         print(f"| {label} | {ms:.1f} |")

@@ -3,6 +3,7 @@ what is kept on disk and read back, and that choosing never changes what a train
 
 import json
 import logging
+import time
 
 import pytest
 import torch
@@ -224,3 +225,58 @@ def test_every_way_is_the_convolution_and_keeps_the_memory_order(layout, transpo
     for path in ("relayout", "products"):
         for got, want in zip(grads[path], grads["onednn"], strict=True):
             torch.testing.assert_close(got, want)
+
+
+def _slow_unless(way: str, layer: nn.Module, x: torch.Tensor, seconds: float = 0.02) -> None:
+    """One real training step of ``layer`` that, for the test, is slower when its convolution does not run
+    ``way``: the whole-step check must follow the step's time, whatever the layers' own timings said."""
+    with conv_autotune.conv_path("auto"):
+        path = conv_autotune.path_for(False, x, layer.weight, layer.bias, layer.stride)
+    _conv_step(layer, x)
+    if path != way:
+        time.sleep(seconds)
+
+
+def _seed_products(tuner, layer, x) -> None:
+    """The cache says the products won this layer alone (as a timing on another day might have)."""
+    with conv_autotune.conv_path("auto"):
+        sig = conv_autotune.signature(False, x, layer.weight, layer.bias, layer.stride)
+    tuner._store(conv_autotune.layer_key(sig), {"path": "products", "ms": {}})
+
+
+@pytest.mark.parametrize("faster", ["onednn", "products"])
+def test_the_whole_step_decides_between_the_picks_and_onednn_alone(fresh_cache, faster):
+    tuner = fresh_cache()
+    layer, x = _layer()
+    _seed_products(tuner, layer, x)
+    check = conv_autotune.StepCheck("auto", rounds=2)
+    ways = []
+    while not check.settled:
+        with check.step():
+            with conv_autotune.conv_path("auto"):
+                ways.append(conv_autotune.path_for(False, x, layer.weight, layer.bias, layer.stride))
+            _slow_unless(faster, layer, x)
+    # the first step ran the picks (and listed the layers), then 2 pairs: oneDNN alone, the picks
+    assert ways == ["products", "onednn", "products", "onednn", "products"]
+    assert check.verdict == ("picks" if faster == "products" else "onednn") and check.source == "timed"
+    line = check.report()
+    assert line.startswith("conv paths, whole step: ") and check.report() is None  # told once
+    assert ("per-layer picks kept" in line) == (faster == "products")
+    with check.step(), conv_autotune.conv_path("auto"):  # after the verdict every step follows it
+        assert conv_autotune.path_for(False, x, layer.weight, layer.bias, layer.stride) == faster
+
+    again = conv_autotune.StepCheck("auto")  # the next run on this machine: the verdict from the cache
+    with again.step(), conv_autotune.conv_path("auto"):
+        _conv_step(layer, x)
+    assert again.settled and again.source == "cached" and again.verdict == check.verdict
+    assert "from the cache" in again.report()
+
+
+def test_no_whole_step_check_where_every_layer_runs_onednn(fresh_cache):
+    fresh_cache()
+    layer, x = _layer()
+    for mode in ("onednn", "auto"):
+        check = conv_autotune.StepCheck(mode)
+        with check.step(), conv_autotune.conv_path(mode):
+            _conv_step(layer, x, mode="onednn")  # the tuner may pick anything; this layer runs oneDNN
+        assert check.settled and check.trials == [] and check.report() is None

@@ -423,3 +423,34 @@ def _encoder_only(run):
     alone.mkdir(exist_ok=True)
     shutil.copy(run / "export" / "encoder.onnx", alone / "encoder.onnx")
     return alone / "encoder.onnx"
+
+
+def test_seeds_table_averages_runs_on_the_same_splits_and_refuses_others(tiny_run, tmp_path):
+    """experiments/seeds_table.py: one row per kind of model, the mean over runs of each run's SVM error on its
+    own features (not the baselines' rows of the same report), and no mixing of reports made on other splits."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("seeds_table", Path(__file__).parents[1] / "experiments" /
+                                                  "seeds_table.py")
+    seeds_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds_table)
+    runs = {}
+    for name in ("a-0", "a-1", "base-0", "other-0"):
+        runs[name] = tmp_path / name
+        (runs[name] / "eval").mkdir(parents=True)
+        shutil.copy2(tiny_run / "checkpoint.pt", runs[name] / "checkpoint.pt")
+        repeats = "3" if name == "other-0" else "2"
+        result = CliRunner().invoke(main, ["eval", "svm", str(runs[name] / "checkpoint.pt"), *ARGS, "--repeats",
+                                           repeats, "--out", str(runs[name] / "eval" / "svm_digits_paper.json")])
+        assert result.exit_code == 0, result.output
+    report = json.loads((runs["a-0"] / "eval" / "svm_digits_paper.json").read_text())
+    ours = 100 * next(r for r in report["results"] if r["name"] == "ALI (paper features)")["test_error_mean"]
+    pixels = 100 * next(r for r in report["results"] if r["name"] == "raw pixels")["test_error_mean"]
+    assert f"{ours:.2f}" != f"{pixels:.2f}"  # the row read must be the model's, which differs here
+    text = seeds_table.table({"a": [runs["a-0"], runs["a-1"]], "base": [runs["base-0"]]}, "base")
+    row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert f"| 2 | {ours:.2f}, {ours:.2f} | {ours:.2f} +- 0.00 | +0.00 +- 0.00 |" in row, text
+    with pytest.raises(SystemExit, match="repeats differ"):
+        seeds_table.table({"a": [runs["a-0"]], "other": [runs["other-0"]]}, None)

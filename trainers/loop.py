@@ -299,6 +299,7 @@ class Trainer:
         plain_progress = PlainProgress(self.log, self.pos.step, total) if bar.disable and self.dist.is_main else None
         stop = StopRequests()
         conv_paths_told = self.device.type != "cpu"  # the layers' CPU convolution paths (alitool/conv_autotune.py)
+        step_check = conv_autotune.StepCheck(t.conv_path if self.device.type == "cpu" else "onednn")
         try:
             stop.__enter__()
             while self.pos.step < total and stop.signum is None:
@@ -311,7 +312,9 @@ class Trainer:
                     cond = {} if self.condition is None else {
                         "y": torch.from_numpy(self.condition.rows(self.train_data, mine)).to(self.device)}
                     schedule_learning_rates(self.game, t.lr_schedule, self.pos.step, total)
-                    values = {k: float(v) for k, v in average_scalars(self.game.step(x, **cond), self.dist).items()}
+                    with step_check.step():
+                        scalars = self.game.step(x, **cond)
+                    values = {k: float(v) for k, v in average_scalars(scalars, self.dist).items()}
                     bad = [k for k, v in values.items() if not math.isfinite(v)]
                     if bad:
                         raise TrainingDiverged(
@@ -323,6 +326,9 @@ class Trainer:
                     if not conv_paths_told:  # the layer shapes are known, and timed, once a step has run
                         conv_paths_told = True
                         self.log(conv_autotune.describe(t.conv_path))
+                    verdict = step_check.report()
+                    if verdict:
+                        self.log(verdict)
                     n_steps += 1
                     images += len(index)
                     for k, v in values.items():
