@@ -67,12 +67,16 @@ def reconstruction_picture(originals: np.ndarray, reconstructions: np.ndarray, p
     return with_caption(picture, caption) if caption else picture
 
 
-def posterior_caption(posterior: str, seed: int | None = None) -> str:
+def posterior_caption(posterior: str, seed: int | None = None, deterministic: bool = False) -> str:
     """What a reconstruction decodes, in words short enough for a narrow grid (plain ASCII: OpenCV's fonts have
     no Greek, and their tilde is hard to tell from a dash): G_x(mu(x)) for the posterior mean, G_x(z) with z drawn
-    from q(z|x) for a posterior sample (paper section 3; the paper's figures 2-5 show samples)."""
+    from q(z|x) for a posterior sample (paper section 3; the paper's figures 2-5 show samples). A deterministic
+    encoder (BiGAN's, ``model.encoder_output: deterministic``) has no posterior to sample: its "sample" is mu(x),
+    and the caption says so."""
     if posterior == "mean":
         return "posterior mean: G_x(mu(x))"
+    if deterministic:
+        return "G_x(E(x)): deterministic encoder, nothing to sample"
     return "posterior sample: G_x(z), z drawn from q(z|x)" + (f", seed {seed}" if seed is not None else "")
 
 

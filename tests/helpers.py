@@ -93,15 +93,16 @@ TINY_RANDOM_INIT = [
 ]
 
 
-def save_tiny_model(path: Path, channels: int = 1, seed: int = 0) -> Path:
-    """A real checkpoint of a tiny random-init ALI model for ``channels``-channel 8x8 images."""
+def save_tiny_model(path: Path, channels: int = 1, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
+    """A real checkpoint of a tiny random-init ALI model for ``channels``-channel 8x8 images (``overrides``: more
+    config KEY=VALUE strings)."""
     from alitool.checkpoint import save_checkpoint
     from alitool.config import load_config
     from alitool.models import ALI
 
     decoder = ("model.decoder=[[deconv,4,1,16,true,0.0,lrelu],[deconv,3,1,8,true,0.0,lrelu],"
                f"[deconv,3,1,8,true,0.0,lrelu],[conv,1,1,{channels},false,0.0,sigmoid]]")
-    cfg = load_config("digits", [*TINY_RANDOM_INIT, decoder, f"data.channels={channels}"])
+    cfg = load_config("digits", [*TINY_RANDOM_INIT, decoder, f"data.channels={channels}", *overrides])
     torch.manual_seed(seed)
     ali = ALI(cfg).eval()
     save_checkpoint(path, cfg=cfg, models={"encoder": ali.encoder, "decoder": ali.decoder})

@@ -257,6 +257,24 @@ def test_reconstruct_with_a_deterministic_encoder_is_the_same_for_mean_and_sampl
     assert np.array_equal(_pairs(tmp_path / "mean.png", 4)[1], _pairs(tmp_path / "sample.png", 4)[1])
 
 
+def test_reconstruct_sample_of_a_deterministic_encoder_says_there_is_nothing_to_sample(tmp_path):
+    """BiGAN's deterministic encoder has no q(z|x) to draw from: --posterior sample decodes E(x), and the caption
+    must not call that a sample."""
+    bigan = save_tiny_model(tmp_path / "bigan.pt", overrides=(
+        "model.encoder_output=deterministic",
+        "model.encoder=[[conv,3,1,8,true,0.0,lrelu],[conv,3,1,8,true,0.0,lrelu],[conv,4,1,16,true,0.0,lrelu],"
+        "[conv,1,1,4,false,0.0,linear]]"))
+    write_digit_files(tmp_path / "d", 3)
+    out = {}
+    for posterior in ("mean", "sample"):
+        result = run("reconstruct", tmp_path / "d", "--out", tmp_path / f"{posterior}.png", "--model", bigan,
+                     "--posterior", posterior)
+        assert result.exit_code == 0, result.output
+        out[posterior] = result.output
+    assert "deterministic encoder, nothing to sample" in out["sample"] and "posterior sample" not in out["sample"]
+    assert np.array_equal(_pairs(tmp_path / "mean.png", 3)[1], _pairs(tmp_path / "sample.png", 3)[1])
+
+
 def test_reconstruct_help_names_the_default_posterior_and_why():
     result = run("reconstruct", "--help")
     text = " ".join(result.output.split())

@@ -123,8 +123,9 @@ def test_int8_backend_encodes_and_decodes(int8_export, trained_run):
     assert z_mean_fidelity(zt, z8).cosine_mean > 0.95  # random inputs are off-distribution, so a loose bound
     np.testing.assert_allclose(z32, zt, rtol=1e-3, atol=1e-4)
     assert int8.decode(z8).shape == (40, 1, 8, 8)
-    with pytest.raises(UserError, match="has no 'features' output"):
+    with pytest.raises(UserError, match="has no 'features' output") as refused:
         int8.encode(images, kind="paper")
+    assert f"--model {folder / 'encoder.onnx'}" in str(refused.value)  # the file that has them, by its path
 
 
 def test_calibration_from_a_folder_and_npy(tmp_path):

@@ -173,8 +173,10 @@ class OnnxBackend:
         feed = self._feed("images", check_batch(images, self.meta.input_shape, "images"), y)
         if kind == "paper":
             if "features" not in self._outputs("encoder"):
+                fp32 = self.files["encoder"].with_name("encoder.onnx")
+                where = f"--model {fp32}" if fp32.is_file() else "the fp32 encoder.onnx of the same export"
                 raise UserError(f"{self.files['encoder'].name} has no 'features' output (the INT8 encoder carries z "
-                                f"only); use encoder.onnx for the paper's SVM features")
+                                f"only); for the paper's SVM features use {where}")
             return self.sessions["encoder"].run(["features"], feed)[0]
         if kind == "mean" or not self.stochastic:
             return self.sessions["encoder"].run(["z_mean"], feed)[0]

@@ -306,7 +306,8 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, threa
     from alitool.conditional_run import with_fixed_condition
 
     loaded = with_fixed_condition(loaded, class_, attrs, "reconstruct")
-    caption = posterior_caption(posterior, seed)
+    deterministic = (loaded.meta.config.get("model") or {}).get("encoder_output") == "deterministic"
+    caption = posterior_caption(posterior, seed, deterministic=deterministic)
     with interruptible(out):
         if kind == "png":
             report = reconstruction_grid(loaded, sources, out, n=n, batch_size=batch_size, workers=workers,
