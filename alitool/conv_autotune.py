@@ -79,6 +79,7 @@ WARMUP, ROUNDS = 1, 3
 STEP_ROUNDS = 3
 STEP_MARGIN = 1.02
 STEP_VERDICTS = ("picks", "onednn")
+STEP_KEY_PREFIX = "step "  # cache keys of whole-step verdicts; every other key is a layer's
 CACHE_FORMAT = 1
 CACHE_ENV = "ALITOOL_CACHE"
 
@@ -209,7 +210,7 @@ def _read(path: Path, described: dict[str, str]) -> dict[str, dict]:
         raise ValueError("not a conv path cache of this format and machine")
     choices = data.get("choices")
     if not isinstance(choices, dict) or not all(
-            isinstance(c, dict) and c.get("path") in (STEP_VERDICTS if k.startswith("step ") else PATHS)
+            isinstance(c, dict) and c.get("path") in (STEP_VERDICTS if k.startswith(STEP_KEY_PREFIX) else PATHS)
             for k, c in choices.items()):
         raise ValueError("a choice names no known path")
     return choices
@@ -453,7 +454,7 @@ class StepCheck:
             self.verdict, self.source = "picks", "no picks"  # every layer runs oneDNN already: nothing to weigh
             return
         shapes = "\n".join(sorted({key for key, _ in seen}))
-        self.key = "step " + hashlib.sha256(shapes.encode()).hexdigest()[:16]
+        self.key = STEP_KEY_PREFIX + hashlib.sha256(shapes.encode()).hexdigest()[:16]
         cached = tuner()._load().get(self.key)
         if cached is not None:
             self.verdict, self.source = cached["path"], "cached"
