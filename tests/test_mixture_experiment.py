@@ -104,6 +104,38 @@ def test_experiment_end_to_end_on_a_few_steps(tmp_path):
     assert other.exit_code == 2 and "other settings" in other.output
 
 
+def test_an_interrupted_run_continues_into_the_run_trained_in_one_go(tmp_path):
+    def experiment(out, steps, *more):
+        args = ["experiment", "mixture", "--paper-protocol", "--models", "ali", "--runs", "1", "--steps", str(steps),
+                "--jobs", "1", "--out", str(out), "--set", "train.batch_size=32", *more]
+        return CliRunner().invoke(main, args)
+
+    assert experiment(tmp_path / "one-go", 6).exit_code == 0
+    # a run stopped at step 3: its checkpoint without a result, as a killed experiment leaves it
+    assert experiment(tmp_path / "stopped", 3).exit_code == 0
+    run = tmp_path / "stopped" / "runs" / "ali" / "seed-0"
+    (run / "result.json").unlink()
+    refused = experiment(tmp_path / "stopped", 6, "--set", "train.lr=0.001")
+    assert refused.exit_code == 2 and "unfinished run with other settings: train.lr" in refused.output
+    assert "Traceback" not in refused.output
+    continued = experiment(tmp_path / "stopped", 6)
+    assert continued.exit_code == 0, continued.output
+    result = json.loads((run / "result.json").read_text())
+    assert result["steps"] == 6 and result["continued_from_step"] == 3
+    one_go = torch.load(tmp_path / "one-go" / "runs" / "ali" / "seed-0" / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)
+    for net in ("encoder", "decoder", "discriminator"):
+        for name, value in one_go["models"][net].items():
+            torch.testing.assert_close(resumed["models"][net][name], value, rtol=0, atol=0, msg=f"{net}.{name}")
+    assert "resumed" in (run / "train.log").read_text()
+    # a learning rate that decays over the run's length: the longer run is another run, so no continuing
+    linear = ("--set", "train.lr_schedule=linear")
+    assert experiment(tmp_path / "decaying", 3, *linear).exit_code == 0
+    (tmp_path / "decaying" / "runs" / "ali" / "seed-0" / "result.json").unlink()
+    decaying = experiment(tmp_path / "decaying", 9, *linear)
+    assert decaying.exit_code == 2 and "decays over the run's length" in decaying.output
+
+
 def test_unknown_model_is_one_line():
     result = CliRunner().invoke(main, ["experiment", "mixture", "--models", "ali,wgan"])
     assert result.exit_code == 2

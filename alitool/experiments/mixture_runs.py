@@ -4,7 +4,8 @@ Five models, each trained for seeds 0..N-1 through the one shared training loop 
 ALI, GAN, GAN + learned inverse mapping, GAN + post-hoc learned inference, VAE. The two GAN + inference models
 start from the GAN run of the same seed (its decoder, frozen), as in the paper. Every run is an ordinary run
 folder (``<out>/runs/<model>/seed-<k>/``: checkpoint.pt, config.yaml, metrics.csv, train.log) plus
-``result.json`` with its metrics; a finished run is not trained again, so an interrupted experiment resumes.
+``result.json`` with its metrics; a finished run is not trained again, and an interrupted one continues from its
+last checkpoint, so an interrupted experiment resumes.
 
 ``paper_protocol``: the paper's random search, one draw of learning rate, beta1 and init std per seed on the
 paper's architecture (configs/mixture25_paper.yaml). The paper does not give the ranges; ours are centred on
@@ -100,7 +101,13 @@ def game_factory(spec: RunSpec) -> Callable:
 
 
 def train_and_measure(spec: RunSpec) -> dict:
-    """Train one run (or read its finished result) and return its metrics as a dict. Runs in a worker process."""
+    """Train one run (or read its finished result) and return its metrics as a dict. Runs in a worker process.
+
+    A run folder with a checkpoint but no result is an interrupted run: it continues from its last checkpoint (the
+    loop saves one every epoch, 1,000 steps here) when its settings are the same but for its length, so a longer
+    budget can also grow a finished shorter run copied into a new experiment folder. With a constant learning rate
+    (the paper's), the continued run is the run trained in one go: the checkpoint keeps the optimiser state and the
+    random stream, and the batch order is a function of (seed, epoch)."""
     import torch
 
     from alitool.config import load_config, with_train
@@ -117,13 +124,17 @@ def train_and_measure(spec: RunSpec) -> dict:
         return result
     torch.set_num_threads(spec.threads)  # small MLPs: one thread each, runs side by side
     cfg = with_train(load_config(spec.config, spec.all_overrides()), device="cpu")
+    resuming = (spec.run_dir / CHECKPOINT).is_file()
+    if resuming:
+        check_continuable(spec.run_dir, cfg)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(spec.run_dir / "train.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+    log_file = open(spec.run_dir / "train.log", "a" if resuming else "w", encoding="utf-8")  # noqa: SIM115
     try:
         trainer = Trainer(cfg, spec.run_dir, game_factory=game_factory(spec),
                           log=lambda msg: print(msg, file=log_file, flush=True),
                           train_data=load_dataset(cfg, "train"), eval_data=load_dataset(cfg, "val"))
-        trainer.start_fresh()
+        trainer.resume() if resuming else trainer.start_fresh()
+        first_step = trainer.pos.step
         started, cpu_started = time.perf_counter(), time.process_time()
         pos = trainer.fit()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -133,8 +144,45 @@ def train_and_measure(spec: RunSpec) -> dict:
     result = {"model": spec.model, "seed": spec.seed, "config": spec.config, "overrides": spec.all_overrides(),
               "steps": pos.step, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
               "load_average": round(os.getloadavg()[0], 2), **metrics}
+    if first_step:  # seconds above are this process's; the epochs' own times add up every session's training
+        result["continued_from_step"] = first_step
+        result["training_seconds_all_sessions"] = round(sum(row.get("seconds", 0.0) for row in trainer.metrics), 1)
     atomic_write_bytes(result_path, lambda f: f.write(json.dumps(result, indent=1).encode()))
     return result
+
+
+# What may differ between an interrupted (or shorter) run and the run that continues it: its length only.
+LENGTH_KEYS = ("train.max_steps", "train.epochs")
+
+
+def check_continuable(run_dir: Path, cfg) -> None:
+    """One line, before anything trains, when the checkpoint in ``run_dir`` was trained with other settings than
+    ``cfg`` (length aside), or with a learning rate schedule that depends on the length (then continuing is not
+    the longer run)."""
+    from alitool.checkpoint import load_checkpoint
+    from alitool.config import to_dict
+
+    saved = load_checkpoint(run_dir / CHECKPOINT)["config"]
+    old, new = _flat(to_dict(saved)), _flat(to_dict(cfg))
+    differences = [f"{k} ({old.get(k)!r} there, {new.get(k)!r} here)" for k in sorted(old.keys() | new.keys())
+                   if k not in LENGTH_KEYS and old.get(k) != new.get(k)]
+    if not differences and cfg.train.lr_schedule != "constant" and \
+            any(old.get(k) != new.get(k) for k in LENGTH_KEYS):
+        differences = [f"train.lr_schedule {cfg.train.lr_schedule!r} decays over the run's length, which differs"]
+    if differences:
+        more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
+        raise UserError(f"{run_dir} holds an unfinished run with other settings: {', '.join(differences[:2])}"
+                        f"{more}; use another --out")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @dataclass
