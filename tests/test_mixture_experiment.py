@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -134,6 +139,50 @@ def test_an_interrupted_run_continues_into_the_run_trained_in_one_go(tmp_path):
     (tmp_path / "decaying" / "runs" / "ali" / "seed-0" / "result.json").unlink()
     decaying = experiment(tmp_path / "decaying", 9, *linear)
     assert decaying.exit_code == 2 and "decays over the run's length" in decaying.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm-to-the-main-process", "ctrl-c-to-the-group"])
+def test_a_stop_ends_the_workers_and_the_same_command_continues(tmp_path, ctrl_c):
+    """A scheduler's SIGTERM reaches the experiment's own process only, Ctrl-C the whole process group: either
+    way the workers stop (each saves its checkpoint), no further run starts, and the command exits 130 with one
+    line; running it again continues."""
+    out = tmp_path / "exp"
+    args = [sys.executable, "-m", "alitool.cli", "experiment", "mixture", "--paper-protocol", "--models", "ali,gan",
+            "--runs", "2", "--jobs", "2", "--steps", "100000", "--out", str(out),
+            "--set", "train.batch_size=32", "--set", "train.checkpoint_every_steps=20"]
+    runs = [out / "runs" / model / "seed-0" for model in ("ali", "gan")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((run / "checkpoint.pt").is_file() for run in runs):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.2)
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted")
+    deadline = time.monotonic() + 30  # no worker left behind, training with nobody to collect it
+    with pytest.raises(ProcessLookupError):  # (multiprocessing's resource tracker takes a moment to end)
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
+    for run in runs:
+        assert f"stopped by {'SIGINT' if ctrl_c else 'SIGTERM'}" in (run / "train.log").read_text()
+        assert not (run / "result.json").exists()
+    assert not (out / "runs" / "ali" / "seed-1").exists()  # the runs not started were cancelled
+    stopped_at = torch.load(runs[0] / "checkpoint.pt", weights_only=True)["step"]
+    again = CliRunner().invoke(main, ["experiment", "mixture", "--paper-protocol", "--models", "ali", "--runs", "1",
+                                      "--jobs", "1", "--steps", str(stopped_at + 2), "--out", str(out),
+                                      "--set", "train.batch_size=32", "--set", "train.checkpoint_every_steps=20"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((runs[0] / "result.json").read_text())["continued_from_step"] == stopped_at
 
 
 def test_unknown_model_is_one_line():

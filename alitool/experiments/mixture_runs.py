@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -185,6 +186,41 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+class StopSignals:
+    """SIGTERM to the experiment's own process becomes KeyboardInterrupt, as Ctrl-C is, so that ``run`` stops
+    its workers instead of leaving them training with nobody to collect their results. ``terminated`` says
+    whether it came: Ctrl-C in a terminal reaches the workers by itself (one process group), SIGTERM does not."""
+
+    def __enter__(self) -> StopSignals:
+        self.terminated = False
+        self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def _raise(self, _signum, _frame) -> None:
+        self.terminated = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def stop_workers(pool: ProcessPoolExecutor, forward_sigterm: bool) -> None:
+    """Let the running runs stop (``run`` submits no more runs than there are workers, so none is waiting): a
+    worker's training loop, on SIGINT or SIGTERM, saves its checkpoint and ends (the same command continues it).
+    ``forward_sigterm``: send it to them. Waits for them; one still running after two minutes is killed, and its
+    run continues from its previous checkpoint (at most one epoch, 1,000 steps, earlier)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # no public API lists them; shutdown
+    pool.shutdown(wait=False, cancel_futures=True)  # forgets them
+    if forward_sigterm:
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.join(timeout=120)
+        if worker.is_alive():
+            worker.kill()
+
+
 @dataclass
 class Experiment:
     out: Path
@@ -219,18 +255,32 @@ class Experiment:
                 self._collect(model, train_and_measure(self.spec(model, seed)))
             return self._sorted()
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
-            pending: dict[Future, tuple[str, int]] = {}
-            for model, seed in first:
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx)
+        pending: dict[Future, tuple[str, int]] = {}
+        todo = list(first)
+
+        def submit_while_workers_are_free() -> None:
+            # not all at once: the pool would queue some runs ahead, and those would start even after a stop
+            while todo and len(pending) < self.jobs:
+                model, seed = todo.pop(0)
                 pending[pool.submit(train_and_measure, self.spec(model, seed))] = (model, seed)
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    model, seed = pending.pop(fut)
-                    self._collect(model, fut.result())
-                    if model == "gan":
-                        for dependent in (m for m in NEEDS_GAN if m in trained):
-                            pending[pool.submit(train_and_measure, self.spec(dependent, seed))] = (dependent, seed)
+
+        stop = StopSignals()
+        try:
+            with stop:
+                submit_while_workers_are_free()
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        model, seed = pending.pop(fut)
+                        self._collect(model, fut.result())
+                        if model == "gan":
+                            todo.extend((dependent, seed) for dependent in NEEDS_GAN if dependent in trained)
+                    submit_while_workers_are_free()
+        except BaseException as exc:  # Ctrl-C reached the workers too; SIGTERM or a failed run did not
+            stop_workers(pool, forward_sigterm=stop.terminated or not isinstance(exc, KeyboardInterrupt))
+            raise
+        pool.shutdown()
         return self._sorted()
 
     def write_report(self, command: str) -> str:
