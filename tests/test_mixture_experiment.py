@@ -127,6 +127,7 @@ def test_an_interrupted_run_continues_into_the_run_trained_in_one_go(tmp_path):
     assert continued.exit_code == 0, continued.output
     result = json.loads((run / "result.json").read_text())
     assert result["steps"] == 6 and result["continued_from_step"] == 3
+    assert "max_steps: 6" in (run / "config.yaml").read_text()  # the run folder's config is the longer run's
     one_go = torch.load(tmp_path / "one-go" / "runs" / "ali" / "seed-0" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(run / "checkpoint.pt", weights_only=True)
     for net in ("encoder", "decoder", "discriminator"):

@@ -187,6 +187,10 @@ class Trainer:
     def start_fresh(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.game.init_from_data(self.train_data.mean_image(self.cfg.data.bias_init_images))
+        self._write_run_config()
+
+    def _write_run_config(self) -> None:
+        """The run folder's config.yaml: the config this run trains with now (a resumed run's may be longer)."""
         if self.dist.is_main:
             atomic_write_bytes(self.run_dir / RUN_CONFIG, lambda f: f.write(dump_yaml(self.cfg).encode()))
 
@@ -203,6 +207,7 @@ class Trainer:
             torch.set_rng_state(extra["torch_rng"])
         if hasattr(self.game, "restore_extra_state"):  # the K+1 game's labelled subset, as the run drew it
             self.game.restore_extra_state(extra)
+        self._write_run_config()
         self.log(f"resumed {self.checkpoint_path} at step {self.pos.step} (epoch {self.pos.epoch + 1}, "
                  f"batch {self.pos.batch}/{self.steps_per_epoch})")
 
