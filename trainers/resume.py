@@ -65,24 +65,30 @@ _SEMI_KEYS = ("labels", "classes")
 
 def resume_differences(saved, cfg) -> list[str]:
     """``"key: the run has A, not B"`` for every architecture, dataset or network-set key that differs."""
-    found = []
-
-    def compare(prefix: str, old: dict, new: dict) -> None:
-        for key in old:
-            if key not in new:
-                continue
-            if isinstance(old[key], dict) and isinstance(new[key], dict):
-                compare(f"{prefix}{key}.", old[key], new[key])
-            elif old[key] != new[key]:
-                found.append(f"{prefix}{key}: the run has {_short(old[key])}, not {_short(new[key])}")
-
-    compare("model.", to_dict(saved.model), to_dict(cfg.model))
-    compare("data.", {k: getattr(saved.data, k) for k in _DATA_KEYS}, {k: getattr(cfg.data, k) for k in _DATA_KEYS})
-    compare("train.", {k: getattr(saved.train, k) for k in _TRAIN_KEYS},
-            {k: getattr(cfg.train, k) for k in _TRAIN_KEYS})
     semi_old, semi_new = saved.train.semi_supervised, cfg.train.semi_supervised
-    compare("train.semi_supervised.", {k: getattr(semi_old, k) for k in _SEMI_KEYS},
-            {k: getattr(semi_new, k) for k in _SEMI_KEYS})
+    return [
+        *tree_differences("model.", to_dict(saved.model), to_dict(cfg.model)),
+        *tree_differences("data.", {k: getattr(saved.data, k) for k in _DATA_KEYS},
+                          {k: getattr(cfg.data, k) for k in _DATA_KEYS}),
+        *tree_differences("train.", {k: getattr(saved.train, k) for k in _TRAIN_KEYS},
+                          {k: getattr(cfg.train, k) for k in _TRAIN_KEYS}),
+        *tree_differences("train.semi_supervised.", {k: getattr(semi_old, k) for k in _SEMI_KEYS},
+                          {k: getattr(semi_new, k) for k in _SEMI_KEYS}),
+    ]
+
+
+def tree_differences(prefix: str, old: dict, new: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """``"<prefix>key: the run has A, not B"`` for every leaf of the nested dicts ``old`` (the run's) and ``new``
+    that differs; keys only in ``old``, and the dotted names in ``skip``, are not compared."""
+    found = []
+    for key in old:
+        name = f"{prefix}{key}"
+        if key not in new or name in skip:
+            continue
+        if isinstance(old[key], dict) and isinstance(new[key], dict):
+            found += tree_differences(f"{name}.", old[key], new[key], skip)
+        elif old[key] != new[key]:
+            found.append(f"{name}: the run has {_short(old[key])}, not {_short(new[key])}")
     return found
 
 

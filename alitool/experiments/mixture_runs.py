@@ -134,7 +134,10 @@ def train_and_measure(spec: RunSpec) -> dict:
         trainer = Trainer(cfg, spec.run_dir, game_factory=game_factory(spec),
                           log=lambda msg: print(msg, file=log_file, flush=True),
                           train_data=load_dataset(cfg, "train"), eval_data=load_dataset(cfg, "val"))
-        trainer.resume() if resuming else trainer.start_fresh()
+        if resuming:
+            trainer.resume()
+        else:
+            trainer.start_fresh()
         first_step = trainer.pos.step
         started, cpu_started = time.perf_counter(), time.process_time()
         pos = trainer.fit()
@@ -162,28 +165,17 @@ def check_continuable(run_dir: Path, cfg) -> None:
     the longer run)."""
     from alitool.checkpoint import load_checkpoint
     from alitool.config import to_dict
+    from alitool.trainers.resume import tree_differences
 
     saved = load_checkpoint(run_dir / CHECKPOINT)["config"]
-    old, new = _flat(to_dict(saved)), _flat(to_dict(cfg))
-    differences = [f"{k} ({old.get(k)!r} there, {new.get(k)!r} here)" for k in sorted(old.keys() | new.keys())
-                   if k not in LENGTH_KEYS and old.get(k) != new.get(k)]
-    if not differences and cfg.train.lr_schedule != "constant" and \
-            any(old.get(k) != new.get(k) for k in LENGTH_KEYS):
+    differences = tree_differences("", to_dict(saved), to_dict(cfg), skip=LENGTH_KEYS)
+    longer = (saved.train.max_steps, saved.train.epochs) != (cfg.train.max_steps, cfg.train.epochs)
+    if not differences and longer and cfg.train.lr_schedule != "constant":
         differences = [f"train.lr_schedule {cfg.train.lr_schedule!r} decays over the run's length, which differs"]
     if differences:
         more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
-        raise UserError(f"{run_dir} holds an unfinished run with other settings: {', '.join(differences[:2])}"
+        raise UserError(f"{run_dir} holds an unfinished run with other settings: {'; '.join(differences[:2])}"
                         f"{more}; use another --out")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class StopSignals:
