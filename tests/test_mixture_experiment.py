@@ -186,6 +186,14 @@ def test_a_stop_ends_the_workers_and_the_same_command_continues(tmp_path, ctrl_c
     assert json.loads((runs[0] / "result.json").read_text())["continued_from_step"] == stopped_at
 
 
+def test_an_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    result = CliRunner().invoke(main, ["experiment", "mixture", "--runs", "1", "--steps", "2", "--jobs", "1",
+                                       "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert str(tmp_path / "taken") in result.output and (tmp_path / "taken").read_text() == "a file"
+
+
 def test_unknown_model_is_one_line():
     result = CliRunner().invoke(main, ["experiment", "mixture", "--models", "ali,wgan"])
     assert result.exit_code == 2

@@ -59,7 +59,9 @@ def mixture(runs, models, out, steps, jobs, paper_protocol, config, overrides) -
 
     require_training_stack("alitool experiment mixture")
     from alitool.experiments.mixture_runs import FIGURE, RESULTS, TABLE, Experiment, parse_models
+    from alitool.outputs import check_destination
 
+    check_destination(out, folder=True)  # a file, a read-only parent: one line before anything trains
     wanted = parse_models(models)
     exp = Experiment(out, wanted, runs, steps, jobs, paper_protocol, config, tuple(overrides),
                      log=lambda msg: click.echo(msg, err=True))
