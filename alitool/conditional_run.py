@@ -73,6 +73,7 @@ class ConditionedBackend:
     def __init__(self, backend, y: np.ndarray):
         self.backend, self.y = backend, np.asarray(y, dtype=np.float32)
         self.meta, self.name = backend.meta, backend.name
+        self.draws_posterior_samples = backend.draws_posterior_samples
 
     def encode(self, images: np.ndarray, kind: str = "mean") -> np.ndarray:
         return self.backend.encode(images, kind=kind, y=broadcast_rows(self.y, len(images)))

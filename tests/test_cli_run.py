@@ -275,6 +275,27 @@ def test_reconstruct_sample_of_a_deterministic_encoder_says_there_is_nothing_to_
     assert np.array_equal(_pairs(tmp_path / "mean.png", 3)[1], _pairs(tmp_path / "sample.png", 3)[1])
 
 
+def test_reconstruct_caption_follows_what_the_backend_draws_for_an_encoder_with_noise_inputs(tmp_path):
+    """An MLP image encoder with noise inputs (section 4.5's kind) is "deterministic" in its config, yet the torch
+    backend's posterior sample draws its noise; its ONNX export computes G_z(x, 0). The caption says which."""
+    model = save_tiny_model(tmp_path / "noisy.pt", overrides=(
+        "model.encoder_output=deterministic", "model.encoder_noise_dim=2",
+        "model.encoder=[[linear,1,1,16,true,0.0,relu],[linear,1,1,4,false,0.0,linear]]"))
+    write_digit_files(tmp_path / "d", 3)
+    captions = {}
+    for backend, source, seed in (("torch", model, 1), ("torch-2", model, 2), ("onnx", tmp_path / "export", 1)):
+        if backend == "onnx":
+            exported = run("export", model, "--out", tmp_path / "export")
+            assert exported.exit_code == 0, exported.output
+        result = run("reconstruct", tmp_path / "d", "--out", tmp_path / f"{backend}.png", "--model", source,
+                     "--posterior", "sample", "--seed", seed)
+        assert result.exit_code == 0, result.output
+        captions[backend] = result.output
+    assert "posterior sample" in captions["torch"] and "nothing to sample" not in captions["torch"]
+    assert not np.array_equal(_pairs(tmp_path / "torch.png", 3)[1], _pairs(tmp_path / "torch-2.png", 3)[1])
+    assert "deterministic encoder, nothing to sample" in captions["onnx"]
+
+
 def test_reconstruct_help_names_the_default_posterior_and_why():
     result = run("reconstruct", "--help")
     text = " ".join(result.output.split())

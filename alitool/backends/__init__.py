@@ -5,6 +5,8 @@
 - ``encode(images, kind="mean")``: float32 [N, C, H, W] in the model's value range -> float32 [N, D]
   (kind "mean": the posterior mean z_mean; "z": a sample of q(z|x); "paper": the section 4.3 SVM features),
 - ``decode(z)``: float32 [N, latent_dim] -> float32 images [N, C, H, W].
+- ``draws_posterior_samples``: whether ``encode(kind="z")`` draws from q(z|x) (a Gaussian encoder's eps, the noise
+  of an encoder with noise inputs) or returns z_mean (a deterministic encoder; an export computes G_z(x, 0)).
 A conditional model (paper section 4.4) takes its y [N, y_dim] as ``encode(images, kind, y=y)`` and
 ``decode(z, y=y)``; ``meta.y_kind`` and ``meta.y_names`` say what y means (alitool/conditional.py).
 Inputs and outputs are NumPy arrays so that callers never need torch for ONNX / TensorRT models.
@@ -37,6 +39,7 @@ BACKEND_CHOICES = tuple(BACKEND_ALIASES)
 class Backend(Protocol):
     meta: ModelMeta
     name: str
+    draws_posterior_samples: bool  # encode(kind="z") draws from q(z|x), rather than returning z_mean
 
     def encode(self, images: np.ndarray, kind: str = "mean", y: np.ndarray | None = None) -> np.ndarray: ...
 

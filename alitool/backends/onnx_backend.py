@@ -129,7 +129,9 @@ class OnnxBackend:
         if any(p not in self.providers for p in self.providers_requested):
             # e.g. onnxruntime-gpu on a machine without a usable CUDA device: it silently runs on CPU.
             logging.getLogger("alitool").warning("note: %s", self.describe())
-        self.stochastic = "encoder" in self.sessions and "z_log_sigma" in self._outputs("encoder")
+        # Whether encode(kind="z") draws from q(z|x): only an encoder with a z_log_sigma output has a sigma to draw
+        # with (an exported encoder with noise inputs computes G_z(x, 0), its posterior mean).
+        self.draws_posterior_samples = "encoder" in self.sessions and "z_log_sigma" in self._outputs("encoder")
         self.rng = np.random.default_rng()
 
     def _open(self, ort, file: Path):
@@ -178,7 +180,7 @@ class OnnxBackend:
                 raise UserError(f"{self.files['encoder'].name} has no 'features' output (the INT8 encoder carries z "
                                 f"only); for the paper's SVM features use {where}")
             return self.sessions["encoder"].run(["features"], feed)[0]
-        if kind == "mean" or not self.stochastic:
+        if kind == "mean" or not self.draws_posterior_samples:
             return self.sessions["encoder"].run(["z_mean"], feed)[0]
         z_mean, z_log_sigma = self.sessions["encoder"].run(["z_mean", "z_log_sigma"], feed)
         return sample_posterior(z_mean, z_log_sigma, self.rng)

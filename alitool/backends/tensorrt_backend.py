@@ -117,6 +117,10 @@ class TensorRTBackend:
         self.meta = replace(base, has_encoder="encoder" in metas, has_decoder="decoder" in metas)
         self.files = files
         self.rng = np.random.default_rng()
+        encoder = self.engines.get("encoder")
+        # Whether encode(kind="z") draws from q(z|x): only an engine with a z_log_sigma output has a sigma to draw with.
+        self.draws_posterior_samples = encoder is not None and "z_log_sigma" in {
+            encoder.get_tensor_name(i) for i in range(encoder.num_io_tensors)}
 
     def describe(self) -> str:
         parts = [f"{f.name} ({self.info[g]['precision']}, batch <= {self.max_batch(g)})" for g, f in self.files.items()]

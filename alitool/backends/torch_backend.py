@@ -20,6 +20,7 @@ import torch
 from alitool.backends import check_condition, check_kind
 from alitool.checkpoint import file_sha256
 from alitool.errors import UserError
+from alitool.models import NoiseInput
 from alitool.runs import run_checkpoint
 from alitool.trained_networks import load_networks_and_weights, meta_from_config
 
@@ -56,6 +57,12 @@ class TorchBackend:
         self.device = torch_device(device)
         self.cfg, self.encoder, self.decoder, weights = load_networks_and_weights(checkpoint, self.device, raw_weights)
         self.meta = meta_from_config(self.cfg, file_sha256(checkpoint), weights)
+
+    @property
+    def draws_posterior_samples(self) -> bool:
+        """Whether ``encode(kind="z")`` draws from q(z|x) rather than returning z_mean: a Gaussian encoder draws eps
+        (paper section 3), an encoder with noise inputs (section 4.5) draws its noise."""
+        return self.encoder.stochastic or isinstance(self.encoder.stack, NoiseInput)
 
     def _y(self, y: np.ndarray | None, n: int) -> torch.Tensor | None:
         y = check_condition(self.meta, y, n)

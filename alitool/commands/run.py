@@ -306,8 +306,9 @@ def reconstruct(sources, out, model, backend, device, batch_size, workers, threa
     from alitool.conditional_run import with_fixed_condition
 
     loaded = with_fixed_condition(loaded, class_, attrs, "reconstruct")
-    deterministic = (loaded.meta.config.get("model") or {}).get("encoder_output") == "deterministic"
-    caption = posterior_caption(posterior, seed, deterministic=deterministic)
+    # The backend says whether its "z" draws anything: the config alone cannot (the torch backend draws the noise
+    # of an encoder with noise inputs; its ONNX export computes G_z(x, 0)).
+    caption = posterior_caption(posterior, seed, deterministic=not loaded.draws_posterior_samples)
     with interruptible(out):
         if kind == "png":
             report = reconstruction_grid(loaded, sources, out, n=n, batch_size=batch_size, workers=workers,
