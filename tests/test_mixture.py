@@ -73,6 +73,20 @@ def test_summary_table_reports_mean_std_min_max():
     assert gan.count("n/a") == 3
 
 
+def test_summary_table_counts_every_session_of_a_continued_run():
+    """A continued run's own seconds are its last session's: the cost columns take its whole-run sums, and a run
+    without a whole CPU figure (epochs from before it was recorded) is left out and counted, not averaged in."""
+    run = {"modes": 25, "high_quality": 0.9, "recon_agreement": 0.8, "z_mean_error": 0.1, "z_cov_error": 0.2,
+           "seconds": 60.0, "cpu_seconds": 50.0}
+    continued = {**run, "seconds": 20.0, "cpu_seconds": 15.0, "continued_from_step": 700,
+                 "training_seconds_all_sessions": 80.0, "cpu_seconds_all_sessions": 70.0}
+    row = summary_table({"ali": [run, continued]}).splitlines()[-1]
+    assert row.endswith("| 70 ± 14 | 60 ± 14 |"), row
+    older = {k: v for k, v in continued.items() if k != "cpu_seconds_all_sessions"}
+    row = summary_table({"ali": [run, older]}).splitlines()[-1]
+    assert row.endswith("| 70 ± 14 | 50 ± 0 (1 of 2 runs) |"), row
+
+
 def test_encoder_noise_input_is_stochastic_in_training_and_deterministic_in_eval(cfg):
     enc = Encoder(cfg)
     assert isinstance(enc.stack, NoiseInput)

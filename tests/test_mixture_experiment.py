@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -127,6 +128,12 @@ def test_an_interrupted_run_continues_into_the_run_trained_in_one_go(tmp_path):
     assert continued.exit_code == 0, continued.output
     result = json.loads((run / "result.json").read_text())
     assert result["steps"] == 6 and result["continued_from_step"] == 3
+    # its cost counts both sessions: one metrics row each (steps 3 and 6), their times summed
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [3, 6] and all(float(r["cpu_seconds"]) > 0 for r in rows)
+    for whole, column in (("cpu_seconds_all_sessions", "cpu_seconds"), ("training_seconds_all_sessions", "seconds")):
+        assert result[whole] == round(sum(float(r[column]) for r in rows), 1)
     assert "max_steps: 6" in (run / "config.yaml").read_text()  # the run folder's config is the longer run's
     one_go = torch.load(tmp_path / "one-go" / "runs" / "ali" / "seed-0" / "checkpoint.pt", weights_only=True)
     resumed = torch.load(run / "checkpoint.pt", weights_only=True)

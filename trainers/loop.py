@@ -41,7 +41,10 @@ from alitool.viz import posterior_caption, save_grid, save_loss_plot, save_recon
 # progress line this often instead, so a long epoch is never silent.
 PLAIN_PROGRESS_SECONDS = 60.0
 
-METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds")
+# seconds: the epoch's wall time; cpu_seconds: this process's CPU time in it (all its threads). Summed over the rows,
+# they are a resumed run's whole cost, every session included.
+METRIC_FIELDS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake", "recon_mse", "images_per_s", "seconds",
+                 "cpu_seconds")
 
 
 def pick_device(name: str) -> torch.device:
@@ -309,7 +312,7 @@ class Trainer:
             stop.__enter__()
             while self.pos.step < total and stop.signum is None:
                 sums: dict[str, float] = {}
-                n_steps, images, started = 0, 0, time.perf_counter()
+                n_steps, images, started, cpu_started = 0, 0, time.perf_counter(), time.process_time()
                 batches = iterate_batches(len(self.train_data), t.batch_size, t.seed, self.pos.epoch, self.pos.batch)
                 for index in batches:
                     mine = index[self.dist.rank :: self.dist.world_size]  # this process's share of the batch
@@ -351,7 +354,8 @@ class Trainer:
                         self.save()
                         last_save = time.monotonic()
                 epoch_done = self.pos.batch >= self.steps_per_epoch
-                self._end_epoch(sums, n_steps, images, time.perf_counter() - started, partial=not epoch_done)
+                self._end_epoch(sums, n_steps, images, time.perf_counter() - started,
+                                time.process_time() - cpu_started, partial=not epoch_done)
                 if epoch_done:
                     self.pos.epoch += 1
                     self.pos.batch = 0
@@ -366,7 +370,8 @@ class Trainer:
             raise KeyboardInterrupt
         return self.pos
 
-    def _end_epoch(self, sums: dict[str, float], n_steps: int, images: int, seconds: float, partial: bool) -> None:
+    def _end_epoch(self, sums: dict[str, float], n_steps: int, images: int, seconds: float, cpu_seconds: float,
+                   partial: bool) -> None:
         if n_steps == 0 or not self.dist.is_main:
             return
         label = f"{self.pos.epoch + 1:03d}"
@@ -376,6 +381,7 @@ class Trainer:
         row["recon_mse"] = self.write_figures(label)
         row["images_per_s"] = images / max(seconds, 1e-9)
         row["seconds"] = seconds
+        row["cpu_seconds"] = cpu_seconds
         self.metrics = [m for m in self.metrics if m["epoch"] < row["epoch"]] + [row]
         self.write_metrics()
         self.log(f"epoch {row['epoch']:.2f} step {self.pos.step}: loss_d {row['loss_d']:.3f} "

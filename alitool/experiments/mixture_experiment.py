@@ -154,10 +154,20 @@ def summary_table(results: dict[str, list[dict]], total_modes: int = 25) -> str:
             f"{_mean_std([100 * r['high_quality'] for r in runs], '.1f')} % | "
             f"{_pct(runs, 'recon_agreement')} | {_mean_std([r['z_mean_error'] for r in runs], '.3f')} | "
             f"{_mean_std([r['z_cov_error'] for r in runs], '.3f')} | "
-            f"{_mean_std([r['seconds'] for r in runs], '.0f')} | "
-            f"{_mean_std([r['cpu_seconds'] for r in runs], '.0f')} |"
+            f"{_whole_run_cost(runs, 'training_seconds_all_sessions', 'seconds')} | "
+            f"{_whole_run_cost(runs, 'cpu_seconds_all_sessions', 'cpu_seconds')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _whole_run_cost(runs: list[dict], all_sessions: str, this_session: str) -> str:
+    """Mean ± std of a run's time over every session it trained in. A continued run's own ``seconds`` cover only
+    its last session; one continued from epochs that predate per-epoch CPU time has no whole figure, and the cell
+    says over how many runs it is taken rather than pass a part for the whole."""
+    whole = [r.get(all_sessions, math.nan) if r.get("continued_from_step") else r[this_session] for r in runs]
+    known = [w for w in whole if not math.isnan(w)]
+    text = _mean_std(known, ".0f")
+    return text if len(known) == len(runs) or text == "n/a" else f"{text} ({len(known)} of {len(runs)} runs)"
 
 
 def _pct(runs: list[dict], key: str) -> str:

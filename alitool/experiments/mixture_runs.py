@@ -151,6 +151,8 @@ def train_and_measure(spec: RunSpec) -> dict:
     if first_step:  # seconds above are this process's; the epochs' own times add up every session's training
         result["continued_from_step"] = first_step
         result["training_seconds_all_sessions"] = round(sum(row.get("seconds", 0.0) for row in trainer.metrics), 1)
+        if all("cpu_seconds" in row for row in trainer.metrics):  # epochs trained before it was recorded lack it
+            result["cpu_seconds_all_sessions"] = round(sum(row["cpu_seconds"] for row in trainer.metrics), 1)
     atomic_write_bytes(result_path, lambda f: f.write(json.dumps(result, indent=1).encode()))
     return result
 
@@ -303,4 +305,5 @@ class Experiment:
         agreement = r["recon_agreement"]
         rec = "" if math.isnan(agreement) else f", reconstruction agreement {100 * agreement:.1f} %"
         self.log(f"{r['model']:<11} seed {r['seed']}: {r['modes']}/25 modes, {100 * r['high_quality']:.1f} % within "
-                 f"3 std{rec} ({r['steps']} steps, {r['seconds']:.0f} s, {r['cpu_seconds']:.0f} CPU s)")
+                 f"3 std{rec} ({r['steps']} steps, {r['seconds']:.0f} s, {r['cpu_seconds']:.0f} CPU s"
+                 + (f" from step {r['continued_from_step']})" if r.get("continued_from_step") else ")"))
