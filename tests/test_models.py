@@ -34,6 +34,32 @@ def test_maxout():
     assert Maxout(2)(x).flatten().tolist() == [5.0, -2.0]
 
 
+@pytest.mark.parametrize(("shape", "pieces", "layout"), [
+    ((6, 15), 5, torch.contiguous_format),  # a linear layer's output
+    ((4, 10, 5, 3), 2, torch.contiguous_format),
+    ((4, 10, 5, 3), 2, torch.channels_last),
+    ((4, 6, 1, 1), 2, torch.channels_last),  # a 1x1 map, as CIFAR-10's D(z) and D(x, z)
+])
+def test_maxout_matches_amax_in_value_and_gradient_away_from_ties(shape, pieces, layout):
+    """Maxout's kernel (max over the pieces) against the definition written with amax, on linear outputs,
+    channels-first and channels-last maps: the pieces are consecutive channels in every layout."""
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_()
+    reference = x.reshape(shape[0], shape[1] // pieces, pieces, *shape[2:]).amax(dim=2)
+    got = Maxout(pieces)(x)
+    grad = torch.randn(reference.shape)
+    assert torch.equal(got, reference)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(reference, x, grad)[0])
+
+
+def test_maxout_sends_a_tied_gradient_to_one_piece():
+    """At an exact tie the whole gradient goes to one of the tied pieces (a subgradient of the max), where amax
+    would split it: nothing is lost or doubled."""
+    x = torch.tensor([[2.0, 2.0, 1.0, 0.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(Maxout(2)(x), x, torch.tensor([[3.0, 1.0]]))
+    assert sorted(grad[0, :2].tolist()) == [0.0, 3.0] and grad[0, 2:].tolist() == [1.0, 0.0]
+
+
 def test_bias_only_where_no_batch_norm(tiny_cfg):
     model = ALI(tiny_cfg)
     for row in model.encoder.stack.rows:
