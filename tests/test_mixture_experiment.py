@@ -22,6 +22,7 @@ from alitool.cli import main
 from alitool.config import load_config
 from alitool.data.mixture import sample_mixture
 from alitool.errors import UserError
+from alitool.experiments.mixture_runs import parse_seeds
 from alitool.trained_networks import load_networks
 from alitool.trainers.baselines import GANGame, InverseMappingGame, PostHocGame, VAEGame
 
@@ -205,3 +206,29 @@ def test_unknown_model_is_one_line():
     result = CliRunner().invoke(main, ["experiment", "mixture", "--models", "ali,wgan"])
     assert result.exit_code == 2
     assert "unknown model 'wgan'" in result.output and "Traceback" not in result.output
+
+
+def test_seeds_name_ranges_and_lists_and_refuse_anything_else():
+    assert parse_seeds("0-4") == (0, 1, 2, 3, 4)
+    assert parse_seeds("7") == (7,)
+    assert parse_seeds("5-6, 0,3,5") == (0, 3, 5, 6)
+    for bad in ("", "a", "3-1", "2-", "-2", "1,,2", "0.5"):
+        with pytest.raises(UserError, match="is not a seed or a range"):
+            parse_seeds(bad)
+    with pytest.raises(UserError, match="at most 1000"):
+        parse_seeds("0-1000")
+
+
+def test_seeds_train_only_the_named_seeds_and_the_table_says_so(tmp_path):
+    out = tmp_path / "exp"
+    args = ["experiment", "mixture", "--models", "ali", "--seeds", "2", "--steps", "2", "--jobs", "1",
+            "--out", str(out), "--set", "train.batch_size=32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "runs" / "ali").iterdir()) == ["seed-2"]
+    table = (out / "table.md").read_text()
+    assert "alitool experiment mixture --seeds 2 --models ali" in table and "| ali | 1 |" in table
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["ali"]] == [2]
+    assert (out / "figure8.png").is_file()
+    both = CliRunner().invoke(main, args + ["--runs", "3"])
+    assert both.exit_code == 2 and "--runs and --seeds" in both.output and "Traceback" not in both.output

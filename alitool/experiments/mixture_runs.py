@@ -1,11 +1,12 @@
 """Training the runs of the paper's 2-D experiment (Dumoulin et al. 2017, section 4.5, figure 8).
 
-Five models, each trained for seeds 0..N-1 through the one shared training loop (``Trainer``) with its own game:
-ALI, GAN, GAN + learned inverse mapping, GAN + post-hoc learned inference, VAE. The two GAN + inference models
-start from the GAN run of the same seed (its decoder, frozen), as in the paper. Every run is an ordinary run
-folder (``<out>/runs/<model>/seed-<k>/``: checkpoint.pt, config.yaml, metrics.csv, train.log) plus
-``result.json`` with its metrics; a finished run is not trained again, and an interrupted one continues from its
-last checkpoint, so an interrupted experiment resumes.
+Five models, each trained for a set of seeds (0..N-1 by default) through the one shared training loop
+(``Trainer``) with its own game: ALI, GAN, GAN + learned inverse mapping, GAN + post-hoc learned inference, VAE.
+The two GAN + inference models start from the GAN run of the same seed (its decoder, frozen), as in the paper.
+Every run is an ordinary run folder (``<out>/runs/<model>/seed-<k>/``: checkpoint.pt, config.yaml, metrics.csv,
+train.log) plus ``result.json`` with its metrics; a finished run is not trained again, and an interrupted one
+continues from its last checkpoint, so an interrupted experiment resumes, and seeds can be added to an experiment
+later (or trained on several machines) by naming them.
 
 ``paper_protocol``: the paper's random search, one draw of learning rate, beta1 and init std per seed on the
 paper's architecture (configs/mixture25_paper.yaml). The paper does not give the ranges; ours are centred on
@@ -46,6 +47,19 @@ def parse_models(text: str) -> tuple[str, ...]:
         what = f"unknown model {bad[0]!r}" if bad else "no model named"
         raise UserError(f"--models {text!r}: {what}; choose from {','.join(MODELS)}")
     return names
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds``: comma-separated seeds and inclusive ranges ("0-4", "2", "0,3,5-6"), sorted, each once."""
+    seeds: set[int] = set()
+    for item in (i.strip() for i in text.split(",")):
+        first, dash, last = item.partition("-")
+        if not (first.isdigit() and (last.isdigit() or not dash)) or (last and int(last) < int(first)):
+            raise UserError(f"--seeds {text!r}: {item!r} is not a seed or a range of seeds (e.g. 0-4, 2, 0,3,5-6)")
+        seeds.update(range(int(first), int(last or first) + 1))
+    if len(seeds) > 1000:
+        raise UserError(f"--seeds {text!r}: {len(seeds)} seeds; at most 1000")
+    return tuple(sorted(seeds))
 
 
 def paper_search_draw(seed: int) -> dict[str, float]:
@@ -219,7 +233,7 @@ def stop_workers(pool: ProcessPoolExecutor, forward_sigterm: bool) -> None:
 class Experiment:
     out: Path
     models: tuple[str, ...] = MODELS
-    runs: int = 10
+    seeds: tuple[int, ...] = tuple(range(10))
     steps: int = 0
     jobs: int = 2
     paper_protocol: bool = False
@@ -242,10 +256,10 @@ class Experiment:
         """Train every (model, seed), ``jobs`` processes at a time; GAN runs first where others need them."""
         wanted = [m for m in MODELS if m in self.models]
         trained = set(wanted) | ({"gan"} if set(wanted) & set(NEEDS_GAN) else set())
-        first = [(m, s) for s in range(self.runs) for m in MODELS if m in trained and m not in NEEDS_GAN]
+        first = [(m, s) for s in self.seeds for m in MODELS if m in trained and m not in NEEDS_GAN]
         self.results = {m: [] for m in wanted}
         if self.jobs == 1:  # in this process, one run after the other (GAN before the runs that need it)
-            for model, seed in first + [(m, s) for s in range(self.runs) for m in NEEDS_GAN if m in trained]:
+            for model, seed in first + [(m, s) for s in self.seeds for m in NEEDS_GAN if m in trained]:
                 self._collect(model, train_and_measure(self.spec(model, seed)))
             return self._sorted()
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch thread pools
@@ -279,16 +293,18 @@ class Experiment:
 
     def write_report(self, command: str) -> str:
         """After ``run``: ``TABLE`` (headed by ``command``, the command line that reproduces it), ``RESULTS`` and
-        ``FIGURE`` (seed 0 of each model, like the paper's figure 8) in ``out``; returns the table."""
+        ``FIGURE`` (the first seed of each model, like the paper's figure 8) in ``out``; returns the table."""
         from alitool.experiments.mixture_experiment import draw, load_run_networks, save_figure, summary_table
 
         table = summary_table(self.results)
         text = f"Command: `{command}`\n\n{table}"
         atomic_write_bytes(self.out / TABLE, lambda f: f.write(text.encode()))
         atomic_write_bytes(self.out / RESULTS, lambda f: f.write(json.dumps(self.results, indent=1).encode()))
-        draws = {m: draw(load_run_networks(self.spec(m, 0).run_dir / CHECKPOINT)) for m in self.models}
+        seed = self.seeds[0]
+        draws = {m: draw(load_run_networks(self.spec(m, seed).run_dir / CHECKPOINT)) for m in self.models}
         protocol = "the paper's random search, " if self.paper_protocol else ""
-        save_figure(self.out / FIGURE, draws, title=f"seed 0 of each model ({protocol}config {self.config_name})")
+        save_figure(self.out / FIGURE, draws,
+                    title=f"seed {seed} of each model ({protocol}config {self.config_name})")
         return table
 
     def _collect(self, model: str, result: dict) -> None:
