@@ -23,6 +23,7 @@ def test_train_digits_max_steps_5_end_to_end(tmp_path):
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
     assert (run / "samples" / "epoch_001.png").is_file() and (run / "config.yaml").is_file()
     assert "samples: runs/digits/samples/epoch_001.png" in result.stdout
+    assert "conv paths (" in result.stderr  # how the convolutions run, told once the first step has
     # a second run goes to runs/digits-2; --resume continues the newest
     again = alitool("train", "digits", "--max-steps", "2", cwd=tmp_path)
     assert again.returncode == 0 and (tmp_path / "runs" / "digits-2" / "checkpoint.pt").is_file()

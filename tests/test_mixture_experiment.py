@@ -64,6 +64,7 @@ def test_train_mixture25_writes_an_ordinary_run_that_exports(tmp_path):
     result = CliRunner().invoke(main, ["train", "mixture25", "--max-steps", "3", "--out", str(out),
                                        "--set", "train.batch_size=32", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    assert "step 3" in result.output and "conv paths" not in result.output  # MLPs: no convolution to tell about
     backend = TorchBackend(out)
     assert backend.meta.image_size == 0 and backend.meta.input_shape == (2,)
     z = backend.encode(sample_mixture(5, 0)[0])

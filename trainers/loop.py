@@ -306,7 +306,10 @@ class Trainer:
         last_save = time.monotonic()
         plain_progress = PlainProgress(self.log, self.pos.step, total) if bar.disable and self.dist.is_main else None
         stop = StopRequests()
-        conv_paths_told = self.device.type != "cpu"  # the layers' CPU convolution paths (alitool/conv_autotune.py)
+        # the layers' CPU convolution paths (alitool/conv_autotune.py); nothing to tell for MLPs (the 2-D mixture)
+        conv_paths_told = self.device.type != "cpu" or not any(
+            isinstance(layer, torch.nn.modules.conv._ConvNd)
+            for net in self.game.modules().values() for layer in net.modules())
         step_check = conv_autotune.StepCheck(t.conv_path if self.device.type == "cpu" else "onednn")
         try:
             stop.__enter__()
