@@ -71,6 +71,7 @@ def test_summary_table_reports_mean_std_min_max():
     assert "| 24.0 ± 1.4 | 23 | 25 | 1/2 |" in ali and "90.0 ± 0.0 %" in ali
     gan = next(line for line in table.splitlines() if line.startswith("| gan"))
     assert gan.count("n/a") == 3
+    assert "| gan | 1 | 25.0 | 25 | 25 | 1/1 | 90.0 % |" in gan and "±" not in gan  # one run: no spread
 
 
 def test_summary_table_counts_every_session_of_a_continued_run():
@@ -84,7 +85,7 @@ def test_summary_table_counts_every_session_of_a_continued_run():
     assert row.endswith("| 70 ± 14 | 60 ± 14 |"), row
     older = {k: v for k, v in continued.items() if k != "cpu_seconds_all_sessions"}
     row = summary_table({"ali": [run, older]}).splitlines()[-1]
-    assert row.endswith("| 70 ± 14 | 50 ± 0 (1 of 2 runs) |"), row
+    assert row.endswith("| 70 ± 14 | 50 (1 of 2 runs) |"), row
 
 
 def test_encoder_noise_input_is_stochastic_in_training_and_deterministic_in_eval(cfg):

@@ -135,7 +135,9 @@ def _mean_std(values: list[float], fmt: str) -> str:
     v = np.array([x for x in values if not math.isnan(x)], dtype=float)
     if len(v) == 0:
         return "n/a"
-    return f"{v.mean():{fmt}} ± {v.std(ddof=1) if len(v) > 1 else 0.0:{fmt}}"
+    if len(v) == 1:  # a spread over one run is undefined: no "± 0.0"
+        return f"{v[0]:{fmt}}"
+    return f"{v.mean():{fmt}} ± {v.std(ddof=1):{fmt}}"
 
 
 def summary_table(results: dict[str, list[dict]], total_modes: int = 25) -> str:
