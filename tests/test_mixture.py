@@ -13,7 +13,7 @@ from alitool.config import load_config
 from alitool.data import load_dataset
 from alitool.data.mixture import STD, mixture_means, sample_mixture
 from alitool.errors import UserError
-from alitool.experiments.mixture_experiment import code_metrics, nearest_mode, sample_metrics, summary_table
+from alitool.experiments.mixture_experiment import code_metrics, modes_held, nearest_mode, sample_metrics, summary_table
 from alitool.models import ALI, Discriminator, Encoder, NoiseInput
 from alitool.trainers.ali import ALIGame
 from alitool.trainers.loop import schedule_learning_rates
@@ -61,6 +61,18 @@ def test_metrics_on_known_distributions():
     assert abs(code_metrics(2 * z)[1] - 3 * math.sqrt(2)) < 0.2  # cov 4 I: ||3 I||_F
 
 
+def test_modes_held_needs_a_tenth_of_a_modes_share_where_the_papers_count_needs_one_sample():
+    means = mixture_means()
+    # 10,000 samples: 40 (a tenth of the even 400) on each of modes 1-5, 1 on each of modes 6-24, the rest on mode 0
+    samples = np.concatenate([np.repeat(means[:1], 10_000 - 5 * 40 - 19, axis=0),
+                              np.repeat(means[1:6], 40, axis=0), means[6:]])
+    assert len(samples) == 10_000
+    assert sample_metrics(samples)[0] == 25 and modes_held(samples) == 6
+    one_short = np.concatenate([samples[:-19 - 1], means[6:]])  # mode 5 keeps 39 of its 40
+    assert len(one_short) == 9_999 and modes_held(one_short) == 5
+    assert modes_held(np.repeat(means, 400, axis=0)) == 25
+
+
 def test_summary_table_reports_mean_std_min_max():
     run = {"modes": 25, "high_quality": 0.9, "recon_agreement": 0.8, "z_mean_error": 0.1, "z_cov_error": 0.2,
            "seconds": 60.0, "cpu_seconds": 50.0}
@@ -70,8 +82,11 @@ def test_summary_table_reports_mean_std_min_max():
     ali = next(line for line in table.splitlines() if line.startswith("| ali"))
     assert "| 24.0 ± 1.4 | 23 | 25 | 1/2 |" in ali and "90.0 ± 0.0 %" in ali
     gan = next(line for line in table.splitlines() if line.startswith("| gan"))
-    assert gan.count("n/a") == 3
-    assert "| gan | 1 | 25.0 | 25 | 25 | 1/1 | 90.0 % |" in gan and "±" not in gan  # one run: no spread
+    assert gan.count("n/a") == 4  # no encoder (3 columns), and no modes_held in these runs
+    assert "| gan | 1 | 25.0 | 25 | 25 | 1/1 | n/a | 90.0 % |" in gan and "±" not in gan  # one run: no spread
+    # modes held: runs measured before the column existed are left out and counted
+    held = summary_table({"ali": [{**run, "modes_held": 20}, {**run, "modes_held": 24}, run]}).splitlines()[-1]
+    assert "| 3/3 | 22.0 ± 2.8 (2 of 3 runs) | 90.0 ± 0.0 % |" in held
 
 
 def test_summary_table_counts_every_session_of_a_continued_run():

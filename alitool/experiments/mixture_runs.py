@@ -320,6 +320,8 @@ class Experiment:
     def _report(self, r: dict) -> None:
         agreement = r["recon_agreement"]
         rec = "" if math.isnan(agreement) else f", reconstruction agreement {100 * agreement:.1f} %"
-        self.log(f"{r['model']:<11} seed {r['seed']}: {r['modes']}/25 modes, {100 * r['high_quality']:.1f} % within "
-                 f"3 std{rec} ({r['steps']} steps, {r['seconds']:.0f} s, {r['cpu_seconds']:.0f} CPU s"
+        held = f" ({r['modes_held']} held)" if r.get("modes_held", -1) >= 0 else ""
+        self.log(f"{r['model']:<11} seed {r['seed']}: {r['modes']}/25 modes{held}, "
+                 f"{100 * r['high_quality']:.1f} % within 3 std{rec} ({r['steps']} steps, {r['seconds']:.0f} s, "
+                 f"{r['cpu_seconds']:.0f} CPU s"
                  + (f" from step {r['continued_from_step']})" if r.get("continued_from_step") else ")"))
