@@ -43,7 +43,7 @@ HELD_SHARE = 0.1
 class MixtureMetrics:
     modes: int
     high_quality: float
-    modes_held: int = -1  # modes holding at least HELD_SHARE of an even share of the samples
+    modes_held: int  # modes holding at least HELD_SHARE of an even share of the samples
     recon_agreement: float = math.nan
     z_mean_error: float = math.nan
     z_cov_error: float = math.nan
@@ -176,8 +176,7 @@ def summary_table(results: dict[str, list[dict]], total_modes: int = 25) -> str:
 
 def _modes_held(runs: list[dict]) -> str:
     """Mean ± std of ``modes_held``; runs measured before it existed have none, and are left out and counted."""
-    return _mean_std_of_known([r.get("modes_held", -1) if r.get("modes_held", -1) >= 0 else math.nan
-                               for r in runs], ".1f")
+    return _mean_std_of_known([r.get("modes_held", math.nan) for r in runs], ".1f")
 
 
 def _whole_run_cost(runs: list[dict], all_sessions: str, this_session: str) -> str:

@@ -320,7 +320,7 @@ class Experiment:
     def _report(self, r: dict) -> None:
         agreement = r["recon_agreement"]
         rec = "" if math.isnan(agreement) else f", reconstruction agreement {100 * agreement:.1f} %"
-        held = f" ({r['modes_held']} held)" if r.get("modes_held", -1) >= 0 else ""
+        held = f" ({r['modes_held']} held)" if "modes_held" in r else ""
         self.log(f"{r['model']:<11} seed {r['seed']}: {r['modes']}/25 modes{held}, "
                  f"{100 * r['high_quality']:.1f} % within 3 std{rec} ({r['steps']} steps, {r['seconds']:.0f} s, "
                  f"{r['cpu_seconds']:.0f} CPU s"
